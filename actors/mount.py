@@ -1,0 +1,94 @@
+"""The mount actor: owns one mount driver; reports arrival of slews and parks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.base import UnitActor
+from messages import (DeviceStatus, GuidePulse, MountArrived, MountMoving, Park, SetTracking,
+                      SlewTo, StopMount, Tick, Unpark)
+
+
+def make_mount_driver(settings: dict, clock, site: dict, pandir: str):
+    driver = settings.get("driver", "simulator")
+    if driver == "simulator":
+        from simulators.mount import SimulatedMount
+        # The state file plays the part of the mount's own memory, so the
+        # simulated hardware keeps its position when this actor is restarted.
+        state_file = Path(pandir) / "run" / "sim" / "mount.json"
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        return SimulatedMount(settings.get("settings", {}), clock, site["latitude"], site["longitude"],
+                              state_file=state_file)
+    raise ValueError(f"unknown mount driver {driver!r}")
+
+
+class MountActor(UnitActor):
+    role = "mount"
+
+    def setup(self, msg):
+        self.driver = make_mount_driver(self.settings, self.clock, self.site, self.pandir)
+        self.pending = None          # (action, request_id, requester)
+        info = self.driver.connect()
+        return {"connect": info, "status": self.driver.status()}
+
+    def device_status(self):
+        return self.driver.status()
+
+    def _start(self, action, expected_s, msg, sender):
+        self.pending = (action, msg.request_id, sender)
+        self.log.info("mount_moving", action=action, expected_s=round(expected_s, 1))
+        self.send(sender, MountMoving(name=self.name, action=action, expected_s=expected_s,
+                                      request_id=msg.request_id))
+        self.wake_in_sim(expected_s, "arrival", msg.request_id)
+
+    def receiveMsg_SlewTo(self, msg: SlewTo, sender):
+        if self.driver.status().get("parked"):
+            self.driver.unpark()
+        self._start("slew", self.driver.slew_to(msg.ra_deg, msg.dec_deg), msg, sender)
+
+    def receiveMsg_Park(self, msg: Park, sender):
+        self._start("park", self.driver.park(), msg, sender)
+
+    def _reply_status(self, msg, sender):
+        self.send(sender, DeviceStatus(name=self.name, pid=self._pid(), epoch=self.epoch,
+                                       status=self.driver.status(), request_id=msg.request_id))
+
+    @staticmethod
+    def _pid():
+        import os
+        return os.getpid()
+
+    def receiveMsg_Unpark(self, msg: Unpark, sender):
+        self.driver.unpark()
+        self._reply_status(msg, sender)
+
+    def receiveMsg_StopMount(self, msg: StopMount, sender):
+        self.driver.stop()
+        self.pending = None
+        self._reply_status(msg, sender)
+
+    def receiveMsg_SetTracking(self, msg: SetTracking, sender):
+        self.driver.set_tracking(msg.on)
+        self._reply_status(msg, sender)
+
+    def receiveMsg_GuidePulse(self, msg: GuidePulse, sender):
+        self.driver.guide(msg.ra_ms, msg.dec_ms)
+        self._reply_status(msg, sender)
+
+    def on_tick(self, tick: Tick):
+        if tick.kind != "arrival" or not self.pending or self.pending[1] != tick.token:
+            return  # a wakeup for a command that has since been superseded
+        action, request_id, requester = self.pending
+        status = self.driver.status()
+        arrived = status["parked"] if action == "park" else status["state"] == "tracking"
+        if arrived:
+            self.pending = None
+            self.log.info("mount_arrived", action=action, ra=status.get("ra_deg"), dec=status.get("dec_deg"))
+            self.send(requester, MountArrived(name=self.name, action=action, status=status,
+                                              request_id=request_id))
+        elif status["state"] in ("slewing", "parking", "homing"):
+            self.wake_in_sim(max(status.get("slew_remaining_s", 1.0), 0.5), "arrival", request_id)
+        else:
+            # Stopped by someone else: the command will never complete.
+            self.pending = None
+            self.send(requester, MountArrived(name=self.name, action=f"{action}-interrupted",
+                                              status=status, request_id=request_id))

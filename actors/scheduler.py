@@ -1,0 +1,69 @@
+"""The scheduler actor: answers 'what now?' with an explained decision.
+The fields file is re-read when it changes; a broken file keeps the last
+good list and says why."""
+from __future__ import annotations
+
+import os
+
+from actors.base import UnitActor
+from messages import RequestSchedule, ScheduleDecision, new_request_id
+from observatory.astro import Ephemeris, Site
+from observatory.scheduler import FieldsError, Scheduler, load_fields
+
+
+class SchedulerActor(UnitActor):
+    role = "scheduler"
+
+    def setup(self, msg):
+        s = self.settings
+        self.fields_file = s["fields_file"]
+        ephemeris = Ephemeris(Site(self.site["name"], self.site["latitude"], self.site["longitude"],
+                                   self.site["elevation"]))
+        observations = load_fields(self.fields_file)     # a broken file at start-up is fatal
+        self.fields_mtime = os.stat(self.fields_file).st_mtime
+        self.fields_error = None
+        self.scheduler = Scheduler(observations, ephemeris, min_altitude_deg=self.site["min_altitude"],
+                                   moon_separation_deg=s["moon_separation"],
+                                   observe_horizon_deg=self.site["observe_horizon"], hysteresis=s["hysteresis"])
+        self.by_name = {o.name: o for o in observations}
+        return {"fields": len(observations)}
+
+    def device_status(self):
+        return {"fields": len(self.by_name), "fields_file": self.fields_file, "fields_error": self.fields_error}
+
+    def _reload_if_changed(self):
+        try:
+            mtime = os.stat(self.fields_file).st_mtime
+        except OSError as e:
+            self.fields_error = f"{self.fields_file}: {e.strerror}; keeping the last good list"
+            return
+        if mtime == self.fields_mtime:
+            return
+        self.fields_mtime = mtime
+        try:
+            observations = load_fields(self.fields_file)
+        except FieldsError as e:
+            self.fields_error = f"{e}; keeping the last good list"
+            self.log.error("fields_file_invalid", error=str(e))
+            return
+        self.fields_error = None
+        self.scheduler.set_observations(observations)
+        self.by_name = {o.name: o for o in observations}
+        self.log.info("fields_reloaded", fields=len(observations))
+
+    def receiveMsg_RequestSchedule(self, msg: RequestSchedule, sender):
+        self._reload_if_changed()
+        decision = self.scheduler.decide(msg.time_unix, current=msg.current,
+                                         exposures_done=dict(msg.exposures_done))
+        winner = self.by_name.get(decision.winner) if decision.winner else None
+        observation = None
+        if winner is not None:
+            observation = {"name": winner.name, "ra_deg": winner.ra_deg, "dec_deg": winner.dec_deg,
+                           "priority": winner.priority, "exptime": winner.exptime, "min_nexp": winner.min_nexp,
+                           "exp_set_size": winner.exp_set_size}
+        explained = decision.to_dict()
+        if self.fields_error:
+            explained["fields_error"] = self.fields_error
+        self.send(sender, ScheduleDecision(decision_id=new_request_id(), winner=decision.winner,
+                                           reason=decision.reason, observation=observation,
+                                           decision=explained, request_id=msg.request_id))

@@ -1,0 +1,863 @@
+"""The supervisor (globalName "unit"): runs the observing sequence from the
+state table, owns every other actor, and restarts the ones that die.
+
+Everything here is event driven: a state's entry starts work (a slew, a set
+of exposures), the replies move the sequence on, and a periodic tick watches
+the clock (waiting for dark, deadlines, accounting, status.json). No handler
+ever waits for a device.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thespian.actors import ChildActorExited, DeadEnvelope
+
+from actors.analysis import AnalysisActor
+from actors.archive import ArchiveActor
+from actors.base import UnitActor
+from actors.camera import CameraActor
+from actors.mount import MountActor
+from actors.safety import SafetyActor
+from actors.scheduler import SchedulerActor
+from actors.weather import WeatherActor
+from messages import (AbortExposure, AnalyzeFrame, CloseObservation, CommandFailed, DeviceStatus,
+                      ExposureAborted, ExposureComplete, ExposureFailed, ExposureStarted, FrameAnalyzed,
+                      GetStatus, GetUnitStatus, GuidePulse, Initialize, InitializationFailed, Initialized,
+                      Message, MountArrived, MountMoving, NightComplete, NightSummaryWritten, Park,
+                      PeersChanged, RecordDecision, RecordEvent, RecordExposure, RecordMetrics,
+                      RecordObservation, RequestSchedule, SafetyVerdict, ScheduleDecision, SetTracking,
+                      SlewTo, StartExposure, StartUnit, StopUnit, Tick, UnitFailed, UnitStarted,
+                      UnitStateChanged, UnitStatus, UnitStopped, WriteNightSummary, new_request_id)
+from observatory import headers
+from observatory.astro import Ephemeris, Site, altaz
+from observatory.clock import SimClock, iso
+from observatory.statetable import load_state_table
+
+# Devices without which the unit cannot observe at all.
+VITAL_ROLES = ("mount", "safety", "weather", "scheduler", "archive", "analysis")
+ARCHIVE_MESSAGES = (RecordEvent, RecordObservation, CloseObservation, RecordExposure, RecordMetrics,
+                    RecordDecision, WriteNightSummary)
+
+
+@dataclass
+class Child:
+    name: str
+    role: str
+    actor_class: type
+    settings: dict
+    address: object = None
+    pid: int | None = None
+    epoch: int = 0
+    ready: bool = False
+    failed: bool = False
+    init_request: str | None = None
+    init_sent_wall: float = 0.0
+    restarts: deque = field(default_factory=deque)     # wall times of restarts
+    restart_count: int = 0
+
+
+@dataclass
+class Observation:
+    id: str
+    name: str
+    ra_deg: float
+    dec_deg: float
+    exptime: float
+    min_nexp: int
+    exp_set_size: int
+    priority: float
+    decision_id: str
+    seq_id: str
+    start_unix: float
+    frames: int = 0                  # exposure rounds completed (science)
+    frame_in_set: int = 0
+    set_index: int = 0
+    reference_sources: tuple = ()
+
+
+class Supervisor(UnitActor):
+    role = "supervisor"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started = False
+        self.stopping = None           # (requester, request_id) once a stop was asked for
+
+    # ------------------------------------------------------------ start-up
+
+    def receiveMsg_StartUnit(self, msg: StartUnit, sender):
+        if self.started:
+            self.send(sender, UnitStarted(pid=os.getpid(), request_id=msg.request_id))
+            return
+        from observatory import logs
+        self.started = True
+        self.owner = sender
+        self.name = "unit"
+        self.config = msg.config
+        self.pandir = msg.pandir
+        self.clock = SimClock.from_dict(msg.clock)
+        self.log = logs.configure(self.pandir, "unit")
+        self.nights_limit = msg.nights
+        loc = self.config["location"]
+        self.site = {"name": loc["name"], "latitude": loc["latitude"], "longitude": loc["longitude"],
+                     "elevation": loc["elevation"], "observe_horizon": loc["observe_horizon"],
+                     "min_altitude": loc["min_altitude"]}
+        self.table = load_state_table(self.config["states"])
+        self.ephemeris = Ephemeris(Site(loc["name"], loc["latitude"], loc["longitude"], loc["elevation"]))
+        self.horizon = loc["observe_horizon"]
+        self.handleDeadLetters(startHandling=True)
+
+        self.state = "starting"
+        self.state_since = self.clock.now()
+        self.expect: dict[str, str] = {}          # request id -> what the reply is for
+        self.deadline: tuple[float, str] | None = None
+        self.verdict: SafetyVerdict | None = None
+        self.last_unsafe_sim = -math.inf
+        self.mount_status: dict = {}
+        self.observation: Observation | None = None
+        self.exposures_done: dict[str, int] = {}
+        self.round: dict[str, str] = {}            # camera -> exposure id still pending this round
+        self.round_frames: list[ExposureComplete] = []
+        self.round_index = 0
+        self.in_flight_analysis: dict[str, AnalyzeFrame] = {}
+        self.last_drift = None
+        self.last_decision = None
+        self.retry_at = -math.inf
+        self.archive_backlog: list[Message] = []
+        self.nights_done = 0
+        self.last_status_write = 0.0
+        self.failure = None
+        self._new_night(self.clock.now())
+
+        self.children: dict[str, Child] = {}
+        c = self.config
+        specs = [("archive", "archive", ArchiveActor, {}),
+                 ("weather", "weather", WeatherActor,
+                  dict(c["weather"], timeline_start_unix=self.clock.start_unix)),
+                 ("safety", "safety", SafetyActor, c["safety"]),
+                 ("scheduler", "scheduler", SchedulerActor, c["scheduler"]),
+                 ("analysis", "analysis", AnalysisActor, {}),
+                 ("mount", "mount", MountActor, c["mount"])]
+        specs += [(cam["name"], "camera", CameraActor, cam) for cam in c["cameras"]]
+        for name, role, cls, settings in specs:
+            self.children[name] = Child(name, role, cls, settings)
+        for child in self.children.values():
+            self._spawn(child)
+        self.send(sender, UnitStarted(pid=os.getpid(), request_id=msg.request_id))
+        self.event("unit", f"unit starting at simulated {iso(self.clock.now())}, speed {self.clock.speed}",
+                   pid=os.getpid(), config=self.config["config_file"])
+        self.wake_in_wall(0.01, "tick")
+
+    def _peers_for(self, child: Child) -> dict:
+        if child.role == "safety" and "weather" in self.children and self.children["weather"].address:
+            return {"weather": self.children["weather"].address}
+        return {}
+
+    def _spawn(self, child: Child) -> None:
+        child.address = self.createActor(child.actor_class)
+        child.ready, child.pid = False, None
+        child.epoch += 1
+        init = Initialize(name=child.name, role=child.role, settings=child.settings, clock=self.clock.to_dict(),
+                          pandir=self.pandir, site=self.site, epoch=child.epoch, peers=self._peers_for(child))
+        child.init_request, child.init_sent_wall = init.request_id, time.time()
+        self.send(child.address, init)
+
+    def receiveMsg_Initialized(self, msg: Initialized, sender):
+        child = self.children.get(msg.name)
+        if not child or msg.request_id != child.init_request:
+            return
+        child.ready, child.pid = True, msg.pid
+        self.log.info("child_ready", child=child.name, pid=msg.pid, epoch=msg.epoch)
+        if child.role == "mount":
+            self.mount_status = msg.info.get("status", {})
+        if child.epoch > 1:
+            self.event("restart", f"{child.name} restarted (pid {msg.pid}, incarnation {child.epoch})",
+                       child=child.name, pid=msg.pid, epoch=child.epoch)
+            self._resume_after_restart(child)
+        if child.role == "weather" and self.children["safety"].address:
+            self.send(self.children["safety"].address, PeersChanged(peers={"weather": child.address}))
+        if child.role == "archive":
+            backlog, self.archive_backlog = self.archive_backlog, []
+            for m in backlog:
+                self.send(child.address, m)
+        if self.state == "starting" and all(c.ready for c in self.children.values()):
+            self.event("unit", "all actors ready", pids={c.name: c.pid for c in self.children.values()})
+            self.goto(self.table.initial, "start-up complete")
+        self.write_status(force=True)
+
+    def receiveMsg_InitializationFailed(self, msg: InitializationFailed, sender):
+        child = self.children.get(msg.name)
+        if not child or msg.request_id != child.init_request:
+            return
+        self.event("error", f"{child.name} failed to initialise: {msg.error}", child=child.name)
+        if self.state == "starting":
+            # A broken configuration or device at start-up: nothing to retry against.
+            self._fail(f"{child.name} failed to initialise: {msg.error}")
+        else:
+            self.send(child.address, _exit_request())
+            self._restart(child, f"initialisation failed: {msg.error}")
+
+    # ------------------------------------------------------------ supervision
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender):
+        child = next((c for c in self.children.values() if c.address == msg.childAddress), None)
+        if child is None or self.stopping or self.failure:
+            return
+        self.event("error", f"{child.name} actor died (pid {child.pid})", child=child.name, pid=child.pid)
+        self._restart(child, "process exited")
+
+    def _restart(self, child: Child, why: str) -> None:
+        sup = self.config["supervision"]
+        now_wall = time.time()
+        while child.restarts and now_wall - child.restarts[0] > sup["restart_period"]:
+            child.restarts.popleft()
+        child.ready = False
+        self._forget_work_of(child)
+        if len(child.restarts) >= sup["max_restarts"]:
+            child.failed = True
+            self.event("error", f"{child.name}: restart budget spent ({sup['max_restarts']} restarts in "
+                                f"{sup['restart_period']:.0f} s); device marked failed, parking",
+                       child=child.name, reason=why)
+            if not self.table.is_always_safe(self.state) or self.state == "ready":
+                self.goto("parking", f"{child.name} failed")
+            self.write_status(force=True)
+            return
+        child.restarts.append(now_wall)
+        child.restart_count += 1
+        self.night_restarts[child.name] = self.night_restarts.get(child.name, 0) + 1
+        self._spawn(child)
+
+    def _forget_work_of(self, child: Child) -> None:
+        """A dead actor will not answer: settle what we were waiting for from it."""
+        if child.role == "camera" and child.name in self.round:
+            exposure_id = self.round.pop(child.name)
+            self.event("exposure", f"{child.name}: exposure {exposure_id} lost with the actor",
+                       camera=child.name, exposure_id=exposure_id)
+            self._round_progress()
+
+    def _resume_after_restart(self, child: Child) -> None:
+        """Re-initialised: read its state back and redo the step it was part of."""
+        addr = child.address
+        if child.role == "mount":
+            if self.state == "slewing" and self.observation:
+                self._mount_command(SlewTo(ra_deg=self.observation.ra_deg, dec_deg=self.observation.dec_deg),
+                                    "slew")
+            elif self.state == "parking":
+                self._mount_command(Park(), "park")
+            else:
+                self._ask(addr, GetStatus(), "mount-status")
+        elif child.role == "scheduler" and self.state == "scheduling":
+            self._request_schedule()
+        elif child.role == "analysis":
+            for m in self.in_flight_analysis.values():
+                self.send(addr, m)
+        elif child.role == "camera" and self.state == "pointing" and child.name == self.config["primary_camera"]:
+            self._enter_pointing()
+
+    def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender):
+        dead = msg.deadMessage
+        if isinstance(dead, ARCHIVE_MESSAGES):
+            self.archive_backlog.append(dead)     # re-sent when the archive is back: no row is lost
+        elif isinstance(dead, AnalyzeFrame):
+            pass                                  # kept in in_flight_analysis and re-sent on restart
+        elif self.log:
+            self.log.info("dead_letter", type=type(dead).__name__)
+
+    def _fail(self, error: str) -> None:
+        self.failure = error
+        self.log.error("unit_failed", error=error)
+        self.write_status(force=True)
+        self.send(self.owner, UnitFailed(error=error))
+
+    # ------------------------------------------------------------ helpers
+
+    def event(self, kind: str, message: str, **data) -> None:
+        now = self.clock.now() if self.clock else time.time()
+        if self.log:
+            self.log.info("event", kind=kind, message=message, **{k: v for k, v in data.items() if k != "message"})
+        self.to_archive(RecordEvent(kind=kind, source="unit", message=message, time_unix=now,
+                                    wall_unix=time.time(), data=data))
+
+    def to_archive(self, msg: Message) -> None:
+        archive = self.children.get("archive") if hasattr(self, "children") else None
+        if archive is None or archive.address is None or not archive.ready and archive.epoch > 1:
+            self.archive_backlog.append(msg)
+        else:
+            self.send(archive.address, msg)
+
+    def _ask(self, address, msg: Message, purpose: str) -> str:
+        self.expect[msg.request_id] = purpose
+        self.send(address, msg)
+        return msg.request_id
+
+    def _expected(self, msg: Message, *purposes: str) -> str | None:
+        purpose = self.expect.get(msg.request_id)
+        if purpose is None or (purposes and purpose not in purposes):
+            if self.log:
+                self.log.info("stale_reply", type=type(msg).__name__, request_id=msg.request_id)
+            return None
+        return purpose
+
+    def _address(self, name: str):
+        child = self.children.get(name)
+        return child.address if child and child.ready and not child.failed else None
+
+    def cameras(self) -> list[Child]:
+        return [c for c in self.children.values() if c.role == "camera" and c.ready and not c.failed]
+
+    def can_observe(self) -> bool:
+        vital_ok = all(not c.failed for c in self.children.values() if c.role in VITAL_ROLES)
+        return vital_ok and any(c.role == "camera" and not c.failed for c in self.children.values())
+
+    def set_deadline(self, sim_seconds: float, what: str, wall_min: float = 3.0) -> None:
+        """Passed once both ``sim_seconds`` of simulated time and ``wall_min`` wall
+        seconds have gone by: devices work in simulated time, but computing
+        (rendering, measuring, scheduling) takes wall time at any speed."""
+        self.deadline = (self.clock.now() + sim_seconds, time.time() + wall_min, what)
+
+    # ------------------------------------------------------------ the state machine
+
+    def goto(self, state: str, note: str = "") -> None:
+        previous = self.state
+        if previous != "starting" and not self.table.allowed(previous, state):
+            self.log.error("transition_refused", source=previous, dest=state, note=note)
+            if state != "parking" and self.table.allowed(previous, "parking"):
+                state, note = "parking", f"refused {previous}->{state}; parking"
+            else:
+                return
+        if not self.table.is_always_safe(state) and not self.is_safe():
+            note = f"unsafe ({self.unsafe_reasons()}) instead of {state}"
+            state = "parking"
+            if previous == "parking":
+                return
+        if self.stopping and state not in ("parking", "parked"):
+            return
+        self.state, self.state_since, self.deadline = state, self.clock.now(), None
+        target = self.observation.name if self.observation else None
+        line = f"{previous} -> {state}" + (f" ({note})" if note else "")
+        self.event("state", line, state=state, previous=previous, target=target)
+        self.send(self.owner, UnitStateChanged(state=state, previous=previous, time_unix=self.state_since,
+                                               target=target, note=note))
+        self.write_status(force=True)
+        getattr(self, f"_enter_{state}")()
+
+    def is_safe(self) -> bool:
+        return bool(self.verdict and self.verdict.safe)
+
+    def unsafe_reasons(self) -> str:
+        if not self.verdict:
+            return "no safety verdict yet"
+        return ", ".join(self.verdict.reasons) or "unsafe"
+
+    # sleeping: daytime; leave shortly before dark
+    def _enter_sleeping(self):
+        pass
+
+    def _tick_sleeping(self, now):
+        if self.failure or not self.can_observe():
+            return
+        if now >= self.night_start - self.config["observing"]["wake_before_dark"] and now < self.night_end:
+            self.goto("ready", "night approaching")
+
+    # ready: wait for dark and safe
+    def _enter_ready(self):
+        pass
+
+    def _tick_ready(self, now):
+        if now >= self.night_end:
+            self.goto("parking", "night over")
+        elif not self.can_observe():
+            self.goto("parking", "a vital device has failed")
+        elif self.is_safe() and self._held_safe(now) and now >= self.retry_at:
+            self.goto("scheduling", "dark and safe")
+
+    def _held_safe(self, now) -> bool:
+        return now - self.last_unsafe_sim >= self.config["safety"]["reopen_after"]
+
+    # scheduling
+    def _enter_scheduling(self):
+        self._request_schedule()
+
+    def _request_schedule(self):
+        addr = self._address("scheduler")
+        if addr is None:
+            return                       # resumed when the scheduler is back
+        current = self.observation.name if self.observation else None
+        self._ask(addr, RequestSchedule(time_unix=self.clock.now(), current=current,
+                                        exposures_done=dict(self.exposures_done)), "schedule")
+        self.set_deadline(120.0, "scheduler decision")
+
+    def receiveMsg_ScheduleDecision(self, msg: ScheduleDecision, sender):
+        if not self._expected(msg, "schedule") or self.state != "scheduling":
+            return
+        del self.expect[msg.request_id]
+        now = self.clock.now()
+        self.last_decision = {"id": msg.decision_id, "time": iso(now), "winner": msg.winner, "reason": msg.reason}
+        self.to_archive(RecordDecision(decision_id=msg.decision_id, time_unix=now, winner=msg.winner,
+                                       reason=msg.reason, decision=msg.decision))
+        if msg.winner is None:
+            self._close_observation("completed")
+            self.retry_at = now + self.config["observing"]["retry_after_no_target"]
+            self.goto("parking", f"no target: {msg.reason}")
+            return
+        if self.observation and self.observation.name == msg.winner and self.mount_status.get("tracking"):
+            self.goto("tracking", msg.reason)
+            return
+        self._close_observation("completed")
+        o = msg.observation
+        seq_id = f"{headers.safe_name(self.config['name'])[:16]}_{headers.compact_time(now)}"
+        self.observation = Observation(id=new_request_id(), name=o["name"], ra_deg=o["ra_deg"],
+                                       dec_deg=o["dec_deg"], exptime=o["exptime"], min_nexp=o["min_nexp"],
+                                       exp_set_size=o["exp_set_size"], priority=o["priority"],
+                                       decision_id=msg.decision_id, seq_id=seq_id, start_unix=now)
+        ob = self.observation
+        self.to_archive(RecordObservation(observation_id=ob.id, night=self.night_date, field_name=ob.name,
+                                          ra_deg=ob.ra_deg, dec_deg=ob.dec_deg, priority=ob.priority,
+                                          exptime=ob.exptime, min_nexp=ob.min_nexp, exp_set_size=ob.exp_set_size,
+                                          decision_id=msg.decision_id, start_unix=now))
+        self.goto("slewing", msg.reason)
+
+    def _close_observation(self, status: str):
+        ob = self.observation
+        if ob is None:
+            return
+        self.to_archive(CloseObservation(observation_id=ob.id, end_unix=self.clock.now(), status=status,
+                                         exposures=ob.frames))
+        self.observation = None
+
+    # slewing
+    def _enter_slewing(self):
+        ob = self.observation
+        self._mount_command(SlewTo(ra_deg=ob.ra_deg, dec_deg=ob.dec_deg), "slew")
+
+    def _mount_command(self, msg: Message, purpose: str):
+        addr = self._address("mount")
+        if addr is None:
+            return                      # re-sent when the mount actor is back
+        self.expect = {k: v for k, v in self.expect.items() if v not in ("slew", "park")}
+        self._ask(addr, msg, purpose)
+        self.set_deadline(self.config["observing"]["slew_margin"] + 300.0, f"mount {purpose} acknowledgement")
+
+    def receiveMsg_MountMoving(self, msg: MountMoving, sender):
+        if self._expected(msg, "slew", "park"):
+            self.set_deadline(msg.expected_s + self.config["observing"]["slew_margin"], f"mount {msg.action}")
+
+    def receiveMsg_MountArrived(self, msg: MountArrived, sender):
+        purpose = self._expected(msg, "slew", "park")
+        if not purpose:
+            return
+        del self.expect[msg.request_id]
+        self.mount_status = msg.status
+        if purpose == "slew" and self.state == "slewing":
+            if msg.action == "slew":
+                self.goto("pointing", "on target")
+            else:
+                self.goto("parking", f"slew interrupted: {msg.status.get('state')}")
+        elif purpose == "park" and self.state == "parking":
+            self.event("mount", "mount parked", ra=msg.status.get("ra_deg"), dec=msg.status.get("dec_deg"))
+            self.goto("parked", "mount parked")
+
+    # pointing: one frame from the primary camera, measured as the reference
+    def _enter_pointing(self):
+        primary = self.config["primary_camera"]
+        cam = self.children.get(primary)
+        if cam is None or not cam.ready or cam.failed:
+            cams = self.cameras()
+            if not cams:
+                self.goto("tracking", "no camera for a pointing frame")
+                return
+            cam = cams[0]
+        self.round_index += 1
+        self._start_exposures([cam], self.config["observing"]["pointing_exptime"], "pointing")
+
+    # tracking: make sure the mount tracks, correct the drift measured last
+    def _enter_tracking(self):
+        addr = self._address("mount")
+        if addr is None:
+            return
+        d = self.last_drift
+        threshold = self.config["observing"]["drift_threshold_px"]
+        if d is not None and math.hypot(d[0], d[1]) > threshold:
+            per_px = self.config["observing"]["guide_ms_per_px"]
+            self.send(addr, GuidePulse(ra_ms=-d[0] * per_px, dec_ms=-d[1] * per_px))
+            self.event("tracking", f"tracking correction for drift {d[0]:+.1f},{d[1]:+.1f} px",
+                       drift_px=list(d[:2]))
+            self.last_drift = None
+        self._ask(addr, SetTracking(on=True), "tracking")
+        self.set_deadline(60.0, "tracking confirmation")
+
+    def receiveMsg_DeviceStatus(self, msg: DeviceStatus, sender):
+        purpose = self._expected(msg)
+        if not purpose:
+            return
+        del self.expect[msg.request_id]
+        if msg.name == "mount":
+            self.mount_status = msg.status
+        if purpose == "tracking" and self.state == "tracking":
+            if msg.status.get("tracking"):
+                self.goto("observing")
+            else:
+                self.goto("parking", f"mount does not track (state {msg.status.get('state')})")
+
+    # observing: one exposure on every camera at once
+    def _enter_observing(self):
+        cams = self.cameras()
+        if not cams:
+            self.goto("parking", "no camera available")
+            return
+        self.round_index += 1
+        self._start_exposures(cams, self.observation.exptime, "science")
+
+    def _start_exposures(self, cams: list[Child], exptime: float, image_type: str):
+        ob = self.observation
+        now = self.clock.now()
+        moon = self._moon(now, ob)
+        self.round, self.round_frames = {}, []
+        for cam in cams:
+            image_id = f"{cam.name}_{headers.compact_time(now)}"
+            path = headers.image_path(self.pandir, ob.name, cam.name, ob.seq_id, image_id)
+            hdr = headers.observation_header(
+                field=ob.name, seq_id=ob.seq_id, image_id=image_id, mount=self.mount_status, site=self.site,
+                moon=moon, config_hash=self.config["config_hash"], decision_id=ob.decision_id,
+                safe=self.is_safe(), unit_name=self.config["name"])
+            exposure_id = f"{ob.id}-{self.round_index:04d}-{cam.name}"
+            msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type=image_type,
+                                ra_deg=self.mount_status.get("ra_deg", ob.ra_deg),
+                                dec_deg=self.mount_status.get("dec_deg", ob.dec_deg), header=hdr)
+            self.round[cam.name] = exposure_id
+            self._ask(cam.address, msg, "exposure")
+        readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in cams)
+        self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], f"{image_type} exposures")
+
+    def _moon(self, now, ob) -> dict:
+        try:
+            mra, mdec = self.ephemeris.moon_radec(now)
+            cos_sep = (math.sin(math.radians(mdec)) * math.sin(math.radians(ob.dec_deg)) +
+                       math.cos(math.radians(mdec)) * math.cos(math.radians(ob.dec_deg)) *
+                       math.cos(math.radians(mra - ob.ra_deg)))
+            return {"separation_deg": math.degrees(math.acos(max(-1.0, min(1.0, cos_sep)))),
+                    "illumination": float(self.ephemeris.moon_illumination(now))}
+        except Exception as e:  # noqa: BLE001 - a header value must never stop an exposure
+            self.log.warning("moon_failed", error=repr(e))
+            return {}
+
+    def receiveMsg_ExposureStarted(self, msg: ExposureStarted, sender):
+        pass   # the exposure id in the round already says it is under way
+
+    def receiveMsg_ExposureComplete(self, msg: ExposureComplete, sender):
+        if self.round.get(msg.camera) != msg.exposure_id:
+            # Finished after we gave up on it (aborted round, deadline): the file exists, so record it.
+            if self._expected(msg, "exposure"):
+                self._record_frame(msg, late=True)
+            return
+        del self.round[msg.camera]
+        self.round_frames.append(msg)
+        self._record_frame(msg)
+        self._round_progress()
+
+    def _record_frame(self, msg: ExposureComplete, late: bool = False):
+        self.expect.pop(msg.request_id, None)
+        ob = self.observation
+        self.to_archive(RecordExposure(
+            exposure_id=msg.exposure_id, observation_id=ob.id if ob else None, camera=msg.camera,
+            image_type=msg.image_type, path=msg.path, start_unix=msg.start_unix, end_unix=msg.end_unix,
+            exptime=msg.exptime, ra_deg=self.mount_status.get("ra_deg"), dec_deg=self.mount_status.get("dec_deg"),
+            set_index=ob.set_index if ob else 0, frame_index=ob.frames if ob else 0))
+        if late:
+            self.event("exposure", f"{msg.camera}: late frame {Path(msg.path).name} recorded",
+                       camera=msg.camera, exposure_id=msg.exposure_id)
+
+    def receiveMsg_ExposureFailed(self, msg: ExposureFailed, sender):
+        self.expect.pop(msg.request_id, None)
+        self.event("error", f"{msg.camera}: exposure failed: {msg.error}", camera=msg.camera,
+                   exposure_id=msg.exposure_id)
+        if self.round.get(msg.camera) == msg.exposure_id:
+            del self.round[msg.camera]
+            self._round_progress()
+
+    def receiveMsg_ExposureAborted(self, msg: ExposureAborted, sender):
+        self.expect.pop(msg.request_id, None)
+        self.event("exposure", f"{msg.camera}: exposure {msg.exposure_id} aborted", camera=msg.camera,
+                   exposure_id=msg.exposure_id)
+        if self.round.get(msg.camera) == msg.exposure_id:
+            del self.round[msg.camera]
+
+    def receiveMsg_CommandFailed(self, msg: CommandFailed, sender):
+        purpose = self.expect.pop(msg.request_id, None)
+        self.event("error", f"{msg.source}: {msg.command} failed: {msg.error}", source=msg.source,
+                   purpose=purpose)
+        if purpose is None:
+            return
+        if purpose == "exposure":
+            cam = next((n for n in self.round if self.children.get(n) and self.children[n].address == sender), None)
+            if cam:
+                del self.round[cam]
+                self._round_progress()
+        elif purpose in ("slew", "schedule", "tracking") and not self.table.is_always_safe(self.state):
+            self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
+            self.goto("parking", f"{msg.command} failed")
+
+    def _round_progress(self):
+        if self.round:
+            return
+        if self.state == "pointing":
+            frames = self.round_frames
+            if frames:
+                f = frames[0]
+                self._analyze(f, reference=())
+                self._ask_purpose_for_pointing = f.exposure_id
+                self.set_deadline(120.0, "pointing analysis")
+            else:
+                self.goto("tracking", "pointing frame failed; observing without a reference")
+        elif self.state == "observing":
+            self.goto("analyzing", f"{len(self.round_frames)} frame(s)")
+
+    def _analyze(self, f: ExposureComplete, reference: tuple):
+        msg = AnalyzeFrame(exposure_id=f.exposure_id, camera=f.camera, path=f.path, reference_sources=reference)
+        self.in_flight_analysis[f.exposure_id] = msg
+        addr = self._address("analysis")
+        if addr is not None:
+            self._ask(addr, msg, "analysis")
+
+    # analyzing: measure every frame (asynchronously); next frame or reschedule
+    def _enter_analyzing(self):
+        ob = self.observation
+        primary = self.config["primary_camera"]
+        for f in self.round_frames:
+            ref = ob.reference_sources if f.camera == primary else ()
+            self._analyze(f, reference=ref)
+        if self.round_frames:
+            ob.frames += 1
+            ob.frame_in_set += 1
+            self.exposures_done[ob.name] = self.exposures_done.get(ob.name, 0) + 1
+        if ob.frame_in_set >= ob.exp_set_size:
+            ob.frame_in_set = 0
+            ob.set_index += 1
+            self.event("observation", f"{ob.name}: set {ob.set_index} complete ({ob.frames} frames)",
+                       field=ob.name, frames=ob.frames)
+            self.goto("scheduling", "set complete")
+        else:
+            self.goto("tracking")
+
+    def receiveMsg_FrameAnalyzed(self, msg: FrameAnalyzed, sender):
+        self.expect.pop(msg.request_id, None)
+        self.in_flight_analysis.pop(msg.exposure_id, None)
+        self.to_archive(RecordMetrics(exposure_id=msg.exposure_id, metrics=msg.metrics, drift_px=msg.drift_px))
+        if "error" in msg.metrics:
+            self.event("error", f"analysis of {Path(msg.path).name} failed: {msg.metrics['error']}")
+        if msg.drift_px is not None:
+            self.last_drift = msg.drift_px
+        pointing_id = getattr(self, "_ask_purpose_for_pointing", None)
+        if pointing_id == msg.exposure_id:
+            self._ask_purpose_for_pointing = None
+            if self.observation:
+                self.observation.reference_sources = msg.sources
+            if self.state == "pointing":
+                n = msg.metrics.get("n_stars")
+                self.goto("tracking", f"pointing frame: {n} stars")
+
+    # parking: abort what is exposing, park the mount
+    def _enter_parking(self):
+        self._abort_round()
+        addr = self._address("mount")
+        if addr is None:
+            return
+        self._mount_command(Park(), "park")
+
+    def _abort_round(self):
+        for cam_name in list(self.round):
+            cam = self.children.get(cam_name)
+            if cam and cam.address:
+                self.send(cam.address, AbortExposure())
+        self.round = {}
+
+    # parked: wait for safety (ready) or the end of the night (housekeeping)
+    def _enter_parked(self):
+        if self.stopping:
+            self._finish_stop(parked=True)
+
+    def _tick_parked(self, now):
+        if self.stopping:
+            return
+        if now >= self.night_end:
+            self.goto("housekeeping", "night over")
+        elif self.can_observe() and self.is_safe() and self._held_safe(now) and now >= self.retry_at:
+            self.goto("ready", "safe again")
+
+    # housekeeping: the night's summary, then back to sleep
+    def _enter_housekeeping(self):
+        self._close_observation("completed")
+        stats = {"dark_seconds": self.dark_seconds, "safe_seconds": self.safe_seconds,
+                 "restarts": dict(self.night_restarts), "unsafe_periods": self.unsafe_periods}
+        end = self.clock.now()
+        self._ask(self.children["archive"].address,
+                  WriteNightSummary(night=self.night_date, start_unix=self.night_window_start, end_unix=end,
+                                    stats=stats), "summary")
+        self.set_deadline(120.0, "night summary")
+
+    def receiveMsg_NightSummaryWritten(self, msg: NightSummaryWritten, sender):
+        if not self._expected(msg, "summary"):
+            return
+        del self.expect[msg.request_id]
+        self.nights_done += 1
+        self.event("night", f"night {msg.night} summary written", path=msg.path)
+        self.send(self.owner, NightComplete(night=msg.night, summary_path=msg.path, summary=msg.summary,
+                                            nights_done=self.nights_done))
+        self._new_night(self.clock.now())
+        if self.state == "housekeeping":
+            self.goto("sleeping", "night done")
+
+    def _new_night(self, now):
+        """Bookkeeping for the night that contains ``now`` or comes next."""
+        start, end = self.ephemeris.dark_interval(now, self.horizon)
+        self.night_start, self.night_end = start, end
+        self.night_window_start = now
+        self.night_date = self.ephemeris.night_date(start)
+        self.dark_seconds = self.safe_seconds = 0.0
+        self.unsafe_periods = 0
+        self.night_restarts = {}
+        self.exposures_done = {}
+        self.last_integrated = now
+
+    # ------------------------------------------------------------ safety
+
+    def receiveMsg_SafetyVerdict(self, msg: SafetyVerdict, sender):
+        previous = self.verdict
+        self.verdict = msg
+        if not msg.weather_safe:
+            self.last_unsafe_sim = msg.time_unix
+        if previous is None or previous.safe != msg.safe:
+            text = "safe" if msg.safe else "UNSAFE: " + ", ".join(msg.reasons)
+            self.event("safety", text, safe=msg.safe, reasons=list(msg.reasons), sun_alt=round(msg.sun_alt_deg, 2))
+            if not msg.safe and previous is not None and previous.safe:
+                self.unsafe_periods += 1
+        if not msg.safe and self.state != "starting" and not self.table.is_always_safe(self.state):
+            self.goto("parking", "unsafe: " + ", ".join(msg.reasons))
+
+    # ------------------------------------------------------------ the tick
+
+    def on_tick(self, tick: Tick):
+        if tick.kind != "tick":
+            return
+        now = self.clock.now()
+        self._integrate(now)
+        self._check_init_timeouts()
+        if self.deadline and now > self.deadline[0] and time.time() > self.deadline[1]:
+            what = self.deadline[2]
+            self.deadline = None
+            self._deadline_passed(what)
+        handler = getattr(self, f"_tick_{self.state}", None)
+        if handler and not self.failure:
+            handler(now)
+        self.write_status()
+        self.wake_in_wall(min(max(self.clock.wall_seconds(5.0), 0.01), 0.25), "tick")
+
+    def _integrate(self, now):
+        dt = now - self.last_integrated
+        self.last_integrated = now
+        if dt <= 0 or not (self.night_start <= now <= self.night_end + dt):
+            return
+        self.dark_seconds += dt
+        if self.is_safe():
+            self.safe_seconds += dt
+
+    def _check_init_timeouts(self):
+        limit = self.config["supervision"]["init_timeout"]
+        for child in self.children.values():
+            if not child.ready and not child.failed and child.address and time.time() - child.init_sent_wall > limit:
+                self.event("error", f"{child.name} did not initialise within {limit:.0f} s", child=child.name)
+                if self.state == "starting":
+                    self._fail(f"{child.name} did not initialise within {limit:.0f} s")
+                    return
+                self.send(child.address, _exit_request())
+                self._restart(child, "initialisation timed out")
+
+    def _deadline_passed(self, what: str):
+        self.event("error", f"timed out waiting for {what} in state {self.state}", state=self.state)
+        if self.state == "parking":
+            self._mount_command(Park(), "park")             # parking is idempotent: ask again
+        elif self.state in ("observing", "pointing"):
+            for cam in list(self.round):
+                self.event("error", f"{cam}: no frame within the deadline; dropped from this round", camera=cam)
+            self._abort_round()
+            self._round_progress()
+        elif self.state == "housekeeping":
+            self._new_night(self.clock.now())
+            self.goto("sleeping", "summary timed out")
+        elif not self.table.is_always_safe(self.state):
+            self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
+            self.goto("parking", f"timeout: {what}")
+
+    # ------------------------------------------------------------ status and control
+
+    def status(self) -> dict:
+        ob = self.observation
+        v = self.verdict
+        return {
+            "unit": self.config["name"],
+            "state": self.state,
+            "since": iso(self.state_since),
+            "time": iso(self.clock.now()),
+            "wall_time": iso(time.time()),
+            "speed": self.clock.speed,
+            "target": ob.name if ob else None,
+            "observation": {"id": ob.id, "field": ob.name, "frames": ob.frames, "set": ob.set_index,
+                            "min_nexp": ob.min_nexp} if ob else None,
+            "safety": {"safe": v.safe, "reasons": list(v.reasons), "sun_alt_deg": round(v.sun_alt_deg, 2)}
+            if v else None,
+            "mount": {k: self.mount_status.get(k) for k in ("state", "ra_deg", "dec_deg", "tracking", "parked")},
+            "night": {"date": self.night_date, "dark_start": iso(self.night_start), "dark_end": iso(self.night_end),
+                      "nights_done": self.nights_done},
+            "last_decision": self.last_decision,
+            "failure": self.failure,
+            "supervisor": {"name": "unit", "pid": os.getpid()},
+            "actors": [{"name": c.name, "role": c.role, "pid": c.pid, "ready": c.ready, "failed": c.failed,
+                        "incarnation": c.epoch, "restarts": c.restart_count}
+                       for c in self.children.values()],
+        }
+
+    def write_status(self, force: bool = False):
+        now = time.time()
+        if not force and now - self.last_status_write < 0.5:
+            return
+        self.last_status_write = now
+        path = Path(self.pandir) / "run" / "status.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".status.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.status(), indent=1, default=str))
+        os.replace(tmp, path)
+
+    def receiveMsg_GetUnitStatus(self, msg: GetUnitStatus, sender):
+        self.send(sender, UnitStatus(status=self.status() if self.started else {"state": "not started"},
+                                     request_id=msg.request_id))
+
+    def receiveMsg_StopUnit(self, msg: StopUnit, sender):
+        if not self.started:
+            self.send(sender, UnitStopped(parked=False, note="never started", request_id=msg.request_id))
+            return
+        self.stopping = (sender, msg.request_id)
+        self.event("unit", f"stop requested: {msg.reason}")
+        self._close_observation("interrupted")
+        mount = self.children.get("mount")
+        if self.state == "parked" or not mount or not mount.ready or mount.failed:
+            self._abort_round()
+            self._finish_stop(parked=self.state == "parked")
+        elif self.state != "parking":
+            self.goto("parking", "stopping")
+
+    def _finish_stop(self, parked: bool):
+        requester, request_id = self.stopping
+        self.write_status(force=True)
+        self.send(requester, UnitStopped(parked=parked, note=f"stopped in state {self.state}",
+                                         request_id=request_id))
+
+
+def _exit_request():
+    from thespian.actors import ActorExitRequest
+    return ActorExitRequest()

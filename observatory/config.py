@@ -1,0 +1,187 @@
+"""The unit's configuration: one YAML file, validated at start-up.
+
+Every tunable has its default here, in one place; docs/configuration.md lists
+them. Errors name the file, the key and the problem, e.g.
+``conf/unit.yaml: mount.settings.slew_rate_deg_s: must be greater than 0``.
+
+Relative paths inside the file (fields file, weather timeline, state table)
+are resolved against the directory of the configuration file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file, the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocationConfig(_Section):
+    name: str = "Mauna Loa Observatory"
+    latitude: float = Field(19.54, ge=-90, le=90, description="degrees, north positive")
+    longitude: float = Field(-155.58, ge=-180, le=360, description="degrees, east positive")
+    elevation: float = Field(3400.0, ge=-500, le=9000, description="metres")
+    observe_horizon: float = Field(-18.0, ge=-24, le=0,
+                                   description="sun altitude below which the unit observes")
+    min_altitude: float = Field(30.0, ge=0, lt=90, description="lowest field altitude to observe")
+
+
+class ActorSystemConfig(_Section):
+    admin_port: int = Field(19500, ge=1024, le=65535)
+
+
+class MountConfig(_Section):
+    driver: Literal["simulator"] = "simulator"
+    settings: dict = Field(default_factory=dict)
+
+    @field_validator("settings")
+    @classmethod
+    def _positive_rates(cls, v: dict) -> dict:
+        for key in ("slew_rate_deg_s", "settle_time_s"):
+            if key in v and not (isinstance(v[key], (int, float)) and v[key] >= 0):
+                raise ValueError(f"{key} must be a number >= 0, got {v[key]!r}")
+        return v
+
+
+class CameraConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    driver: Literal["simulator"] = "simulator"
+    primary: bool = False
+    settings: dict = Field(default_factory=dict)
+
+
+class WeatherConfig(_Section):
+    driver: Literal["simulator"] = "simulator"
+    timeline: str | None = "weather/default.yaml"
+    sample_interval: float = Field(30.0, gt=0, description="simulated seconds between readings")
+
+
+class SafetyConfig(_Section):
+    check_interval: float = Field(5.0, gt=0, description="simulated seconds between evaluations")
+    max_check_wall_interval: float = Field(0.25, gt=0, description="wall seconds, upper bound")
+    max_weather_age: float = Field(180.0, gt=0)
+    max_sky_minus_ambient: float = -25.0
+    max_wind: float = Field(50.0, gt=0, description="km/h")
+    max_gust: float = Field(70.0, gt=0, description="km/h")
+    reopen_after: float = Field(300.0, ge=0,
+                                description="simulated seconds of continuous safety before reopening")
+
+
+class SchedulerConfig(_Section):
+    fields_file: str = "fields.yaml"
+    moon_separation: float = Field(15.0, ge=0, le=180)
+    hysteresis: float = Field(0.1, ge=0, lt=1)
+
+
+class ObservingConfig(_Section):
+    pointing_exptime: float = Field(30.0, gt=0)
+    readout_margin: float = Field(30.0, ge=0, description="simulated seconds allowed beyond exptime+readout")
+    slew_margin: float = Field(60.0, ge=0)
+    drift_threshold_px: float = Field(2.0, gt=0)
+    guide_ms_per_px: float = Field(100.0, gt=0)
+    wake_before_dark: float = Field(1800.0, ge=0, description="leave sleeping this long before dark")
+    retry_after_no_target: float = Field(600.0, gt=0)
+
+
+class SupervisionConfig(_Section):
+    max_restarts: int = Field(5, ge=0)
+    restart_period: float = Field(60.0, gt=0, description="wall seconds")
+    init_timeout: float = Field(20.0, gt=0, description="wall seconds")
+
+
+class UnitConfig(_Section):
+    name: str = "Generic PANOPTES Unit"
+    location: LocationConfig = LocationConfig()
+    actor_system: ActorSystemConfig = ActorSystemConfig()
+    states: str = "states.yaml"
+    mount: MountConfig = MountConfig()
+    cameras: list[CameraConfig] = Field(default_factory=lambda: [
+        CameraConfig(name="cam00", primary=True), CameraConfig(name="cam01")])
+    weather: WeatherConfig = WeatherConfig()
+    safety: SafetyConfig = SafetyConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    observing: ObservingConfig = ObservingConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
+
+    @model_validator(mode="after")
+    def _cameras(self) -> "UnitConfig":
+        if not self.cameras:
+            raise ValueError("cameras: at least one camera is needed")
+        names = [c.name for c in self.cameras]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"cameras: duplicate camera names {dupes}")
+        if sum(c.primary for c in self.cameras) > 1:
+            raise ValueError("cameras: only one camera can be primary")
+        return self
+
+    @property
+    def primary_camera(self) -> str:
+        return next((c.name for c in self.cameras if c.primary), self.cameras[0].name)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read and validate a unit configuration file.
+
+    Returns a plain dict (what travels to the actors) with all defaults filled
+    in, file paths made absolute, plus ``config_file`` and ``config_hash``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read configuration: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        cfg = UnitConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(str(path), e)) from None
+
+    base = path.resolve().parent
+    data = cfg.model_dump()
+
+    def resolve(p: str | None) -> str | None:
+        return None if p is None else str((base / os.path.expanduser(p)).resolve())
+
+    data["states"] = resolve(cfg.states)
+    data["scheduler"]["fields_file"] = resolve(cfg.scheduler.fields_file)
+    data["weather"]["timeline"] = resolve(cfg.weather.timeline)
+    for key, p in (("states", data["states"]), ("scheduler.fields_file", data["scheduler"]["fields_file"]),
+                   ("weather.timeline", data["weather"]["timeline"])):
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"{path}: {key}: file not found: {p}")
+    data["primary_camera"] = cfg.primary_camera
+    data["config_file"] = str(path.resolve())
+    data["config_hash"] = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return data

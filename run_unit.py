@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Run a PANOPTES-style unit: start the actor system, start the supervisor,
+print a line per state change, and stop cleanly.
+
+    python run_unit.py --nights 1 --speed 600 --start 2026-11-24T03:00:00
+
+Exit status: 0 after a clean stop (nights done, SIGTERM or Ctrl-C), 1 when the
+unit failed, 2 for bad configuration or command-line input.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIG = HERE / "conf" / "unit.yaml"
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Run a robotic PANOPTES-style unit (simulated or real).")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="unit configuration (default: conf/unit.yaml)")
+    p.add_argument("--start", default=None,
+                   help="simulated start time, ISO UTC (default: now)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="simulated seconds per wall second (default: 1)")
+    p.add_argument("--nights", type=int, default=None,
+                   help="stop after this many nights (default: run until SIGTERM)")
+    p.add_argument("--pandir", default=None,
+                   help="data directory (default: $PANDIR, else ~/panoptes)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the summaries")
+    args = p.parse_args(argv)
+    if args.speed <= 0:
+        p.error(f"--speed must be > 0, got {args.speed}")
+    if args.nights is not None and args.nights < 1:
+        p.error(f"--nights must be >= 1, got {args.nights}")
+    return args
+
+
+def validate_inputs(config: dict) -> None:
+    """Everything a night depends on is checked before any process starts."""
+    from observatory.scheduler import load_fields
+    from observatory.statetable import load_state_table
+    from simulators.weather import WeatherTimeline
+
+    load_state_table(config["states"])
+    load_fields(config["scheduler"]["fields_file"])
+    if config["weather"]["driver"] == "simulator" and config["weather"]["timeline"]:
+        WeatherTimeline.load(config["weather"]["timeline"], 0.0)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Unit:
+    """The service process: owns the actor system and watches the supervisor."""
+
+    def __init__(self, args, config: dict, pandir: Path):
+        self.args, self.config, self.pandir = args, config, pandir
+        self.stop_reason = None
+        self.exit_code = EXIT_OK
+        self.asys = None
+
+    def _on_signal(self, signum, frame):
+        self.stop_reason = signal.Signals(signum).name
+
+    def say(self, text: str) -> None:
+        if not self.args.quiet:
+            print(text, flush=True)
+
+    def run(self) -> int:
+        from thespian.actors import ActorSystem
+
+        from messages import (GetUnitStatus, NightComplete, StartUnit, StopUnit, UnitFailed, UnitStarted,
+                              UnitStateChanged, UnitStopped)
+        from observatory import logs
+        from observatory.clock import SimClock, iso, parse_iso
+        from observatory.processes import pid_alive, prepare_actor_host
+
+        port = self.config["actor_system"]["admin_port"]
+        if port_in_use(port):
+            raise UsageError(f"admin port {port} (actor_system.admin_port) is already in use: "
+                             "is another unit running? Refusing to attach to it.")
+        for sub in ("images", "db", "logs", "run", "reports"):
+            (self.pandir / sub).mkdir(parents=True, exist_ok=True)
+        lock = open(self.pandir / "run" / "unit.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{self.pandir}: another run_unit.py holds {self.pandir / 'run' / 'unit.lock'}") from None
+        lock.write(str(os.getpid()))
+        lock.flush()
+
+        start = parse_iso(self.args.start) if self.args.start else None
+        clock = SimClock.starting_now(start, self.args.speed)
+        os.environ["THESPLOG_FILE"] = str(self.pandir / "logs" / "thespian-internal.log")
+        prepare_actor_host()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+        from actors.supervisor import Supervisor
+        self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": port},
+                                logDefs=logs.thespian_log_defs(self.pandir))
+        try:
+            sup = self.asys.createActor(Supervisor, globalName="unit")
+            self.asys.tell(sup, StartUnit(config=self.config, clock=clock.to_dict(), pandir=str(self.pandir),
+                                          nights=self.args.nights))
+            self.say(f"unit '{self.config['name']}' at {self.config['location']['name']}: simulated start "
+                     f"{iso(clock.start_unix)}, speed x{clock.speed:g}, data in {self.pandir}")
+            stopped = self._watch(sup, clock, GetUnitStatus, StopUnit, UnitStarted, UnitStateChanged,
+                                  NightComplete, UnitFailed, UnitStopped, pid_alive)
+            if not stopped:
+                self.say("the supervisor did not confirm the stop; shutting the actor system down")
+        finally:
+            self._shutdown(pid_alive)
+            lock.close()
+        return self.exit_code
+
+    def _watch(self, sup, clock, GetUnitStatus, StopUnit, UnitStarted, UnitStateChanged, NightComplete,
+               UnitFailed, UnitStopped, pid_alive) -> bool:
+        from observatory.clock import iso
+        stop_sent = None
+        sup_pid = None
+        last_check = time.time()
+        while True:
+            if self.stop_reason and stop_sent is None:
+                self.say(f"stopping ({self.stop_reason}): parking and closing")
+                stop_sent = time.time()
+                self.asys.tell(sup, StopUnit(reason=self.stop_reason))
+            if stop_sent and time.time() - stop_sent > 120:
+                return False
+            msg = self.asys.listen(0.2)
+            if isinstance(msg, UnitStarted):
+                sup_pid = msg.pid
+            elif isinstance(msg, UnitStateChanged):
+                target = f" [{msg.target}]" if msg.target else ""
+                note = f": {msg.note}" if msg.note else ""
+                self.say(f"{iso(msg.time_unix)[:19]}  {msg.previous:>12} -> {msg.state:<12}{target}{note}")
+            elif isinstance(msg, NightComplete):
+                print(json.dumps(msg.summary, indent=2), flush=True)
+                self.say(f"night {msg.night}: summary in {msg.summary_path}")
+                if self.args.nights is not None and msg.nights_done >= self.args.nights and not self.stop_reason:
+                    self.stop_reason = f"{msg.nights_done} night(s) done"
+            elif isinstance(msg, UnitFailed):
+                print(f"unit failed: {msg.error}", file=sys.stderr, flush=True)
+                self.exit_code = EXIT_FAILED
+                if not self.stop_reason:
+                    self.stop_reason = "unit failed"
+            elif isinstance(msg, UnitStopped):
+                self.say(f"unit stopped ({'parked' if msg.parked else 'NOT parked'}): {msg.note}")
+                return True
+            # The supervisor has no parent to restart it: watch it ourselves.
+            if sup_pid and time.time() - last_check > 1.0:
+                last_check = time.time()
+                if not pid_alive(sup_pid):
+                    print(f"the supervisor (pid {sup_pid}) died; exiting so that the service manager "
+                          "restarts the unit", file=sys.stderr, flush=True)
+                    self.exit_code = EXIT_FAILED
+                    return False
+
+    def _shutdown(self, pid_alive) -> None:
+        pids = []
+        try:
+            status = json.loads((self.pandir / "run" / "status.json").read_text())
+            pids = [a["pid"] for a in status.get("actors", []) if a.get("pid")]
+            pids.append(status.get("supervisor", {}).get("pid"))
+        except (OSError, ValueError):
+            pass
+        if self.asys is not None:
+            self.asys.shutdown()
+        deadline = time.time() + 5
+        for pid in filter(None, pids):
+            while pid_alive(pid) and time.time() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    from observatory.config import ConfigError, load_config
+    from observatory.scheduler import FieldsError
+    from observatory.statetable import StateTableError
+    from simulators.weather import TimelineError
+
+    try:
+        config = load_config(args.config)
+        validate_inputs(config)
+        if args.start:
+            from observatory.clock import parse_iso
+            try:
+                parse_iso(args.start)
+            except ValueError:
+                raise UsageError(f"--start: not an ISO UTC time: {args.start!r} "
+                                 "(expected e.g. 2026-11-24T03:00:00)") from None
+        pandir = Path(args.pandir or os.environ.get("PANDIR") or Path.home() / "panoptes").expanduser().resolve()
+        return Unit(args, config, pandir).run()
+    except (ConfigError, StateTableError, FieldsError, TimelineError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
