@@ -119,7 +119,7 @@ class Unit:
         try:
             sup = self.asys.createActor(Supervisor, globalName="unit")
             self.asys.tell(sup, StartUnit(config=self.config, clock=clock.to_dict(), pandir=str(self.pandir),
-                                          nights=self.args.nights))
+                                          nights=self.args.nights, owner_pid=os.getpid()))
             self.say(f"unit '{self.config['name']}' at {self.config['location']['name']}: simulated start "
                      f"{iso(clock.start_unix)}, speed x{clock.speed:g}, data in {self.pandir}")
             stopped = self._watch(sup, clock, GetUnitStatus, StopUnit, UnitStarted, UnitStateChanged,

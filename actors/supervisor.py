@@ -104,6 +104,9 @@ class Supervisor(UnitActor):
         self.clock = SimClock.from_dict(msg.clock)
         self.log = logs.configure(self.pandir, "unit")
         self.nights_limit = msg.nights
+        self.owner_pid = msg.owner_pid
+        self.orphaned_since = None
+        self.last_owner_check = 0.0
         loc = self.config["location"]
         self.site = {"name": loc["name"], "latitude": loc["latitude"], "longitude": loc["longitude"],
                      "elevation": loc["elevation"], "observe_horizon": loc["observe_horizon"],
@@ -489,6 +492,10 @@ class Supervisor(UnitActor):
             self.event("tracking", f"tracking correction for drift {d[0]:+.1f},{d[1]:+.1f} px",
                        drift_px=list(d[:2]))
             self.last_drift = None
+        if self.mount_status.get("tracking") and self.mount_status.get("state") == "tracking":
+            # Tracking as last reported (after every mount command and restart): no round trip.
+            self.goto("observing")
+            return
         self._ask(addr, SetTracking(on=True), "tracking")
         self.set_deadline(60.0, "tracking confirmation")
 
@@ -752,11 +759,34 @@ class Supervisor(UnitActor):
             what = self.deadline[2]
             self.deadline = None
             self._deadline_passed(what)
+        self._check_owner()
         handler = getattr(self, f"_tick_{self.state}", None)
         if handler and not self.failure:
             handler(now)
         self.write_status()
         self.wake_in_wall(min(max(self.clock.wall_seconds(5.0), 0.01), 0.25), "tick")
+
+    def _check_owner(self):
+        """run_unit.py owns the actor system. Thespian's admin outlives it on purpose,
+        so if it dies without stopping us, park and take the whole system down."""
+        if not self.owner_pid or time.time() - self.last_owner_check < 1.0:
+            return
+        self.last_owner_check = time.time()
+        from observatory.processes import pid_alive
+        if pid_alive(self.owner_pid):
+            return
+        if self.orphaned_since is None:
+            self.orphaned_since = time.time()
+            self.event("error", f"run_unit.py (pid {self.owner_pid}) is gone: parking and shutting down")
+            self.stopping = (self.myAddress, "orphaned")
+            self._close_observation("interrupted")
+            if self.state not in ("parking", "parked"):
+                self.goto("parking", "service process gone")
+        if self.state == "parked" or time.time() - self.orphaned_since > 120:
+            import signal
+            # Our parent is Thespian's admin; the actors below us exit with their parents.
+            os.kill(os.getppid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _integrate(self, now):
         dt = now - self.last_integrated
@@ -853,6 +883,8 @@ class Supervisor(UnitActor):
 
     def _finish_stop(self, parked: bool):
         requester, request_id = self.stopping
+        if request_id == "orphaned":
+            return
         self.write_status(force=True)
         self.send(requester, UnitStopped(parked=parked, note=f"stopped in state {self.state}",
                                          request_id=request_id))

@@ -329,6 +329,7 @@ class StartUnit(Message):
     clock: dict
     pandir: str
     nights: int | None = None
+    owner_pid: int | None = None     # run_unit.py: when it dies, the unit parks and ends itself
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,433 @@
+"""Image files and quick-look measurements: atomic FITS writing, source
+extraction with sep (background, star count, FWHM, ellipticity) and the
+pixel drift between two frames.
+
+Pure functions, no actor code. Images travel between processes as file paths,
+so everything here accepts a path (and, for tests and in-process callers, an
+array).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import sep
+from astropy.io import fits
+
+__all__ = [
+    "ImageError",
+    "FrameMetrics",
+    "as_fits_header",
+    "write_fits_atomic",
+    "read_image",
+    "measure_frame",
+    "measure_drift",
+]
+
+# sep's default pixel stack (300k) overflows on a full DSLR frame with bright
+# stars; 2M pixels costs about 50 MB only while extracting.
+_PIXSTACK = 2_000_000
+_MAX_SOURCES_KEPT = 200
+# Sources closer than this to the frame edge have centroids and shapes biased
+# by the cut-off part of their profile.
+_EDGE_MARGIN_PX = 8
+# A pixel-integrated image of a point can be no narrower than about 1 px FWHM
+# (a single hot pixel or cosmic ray measures about 0.7): anything narrower is
+# not a star.
+_MIN_STAR_FWHM_PX = 1.0
+# FWHM^2 of a Gaussian with the variance of a unit box (1/12 px^2).
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+_PIXEL_FWHM2_PX2 = _FWHM_PER_SIGMA ** 2 / 12.0
+# sep's background time grows with the number of meshes: 128 px meshes halve
+# it on a full frame and still follow the smooth sky of a wide field; small
+# frames keep 64 px so that they have enough meshes.
+_BIG_FRAME_PX = 2048
+
+
+class ImageError(ValueError):
+    """An image file (or array) cannot be used; the message names which and why."""
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+
+def as_fits_header(header: Mapping | fits.Header | None) -> fits.Header:
+    """A ``fits.Header`` from a dict of values or (value, comment) tuples (or a copy of a Header)."""
+    if header is None:
+        return fits.Header()
+    if isinstance(header, fits.Header):
+        return header.copy()
+    out = fits.Header()
+    for key, item in header.items():
+        value, comment = item if isinstance(item, tuple) else (item, None)
+        if isinstance(value, (float, np.floating)):
+            # FITS cannot store NaN/inf; an undefined value keeps the keyword.
+            if not math.isfinite(value):
+                value = None
+        if isinstance(value, np.generic):
+            value = value.item()
+        # Long keys would otherwise become HIERARCH cards with a warning each.
+        card_key = key if len(key) <= 8 else f"HIERARCH {key}"
+        out[card_key] = (value, comment) if comment is not None else value
+    return out
+
+
+def write_fits_atomic(path: str | os.PathLike, data: np.ndarray,
+                      header: Mapping | fits.Header | None = None) -> Path:
+    """Write ``data`` with ``header`` as a single-HDU FITS file at ``path``.
+
+    The file is written under a temporary name in the same directory, flushed
+    to disk, then renamed over ``path``: readers (and a crash or power cut)
+    see either no file or the complete one, never half of it. ``header`` is a
+    ``fits.Header`` or a dict whose values are plain values or
+    ``(value, comment)`` tuples; non-finite floats are written as undefined.
+    Returns the final path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hdu = fits.PrimaryHDU(data=np.asarray(data), header=as_fits_header(header))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        # mkstemp creates 0600; archive and analysis readers may be other users.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as stream:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                hdu.writeto(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    # The rename is only durable once the directory entry itself is on disk.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
+    """The first 2-D image in a FITS file and its header.
+
+    Raises ImageError (naming the file) for a missing or unreadable file, a
+    file that is not FITS, a file without image data, or an image that is not
+    two-dimensional.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a regular file")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            for hdu in hdul:
+                if getattr(hdu, "is_image", False) and hdu.data is not None:
+                    data, header = hdu.data, hdu.header.copy()
+                    break
+            else:
+                raise ImageError(f"{path}: no image data in any HDU")
+    except ImageError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise ImageError(f"{path}: not a readable FITS file ({exc})") from exc
+    if data.ndim != 2:
+        raise ImageError(f"{path}: expected a 2-D image, got shape {data.shape}")
+    return data, header
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+
+
+@dataclass(frozen=True)
+class FrameMetrics:
+    """Quick-look numbers of one frame (pixel units, ADU for levels).
+
+    ``sources`` holds (x, y, flux) of up to 200 brightest clean sources, with
+    0-based pixel coordinates (x along columns, y along rows), for drift
+    measurement.
+    """
+
+    background: float
+    background_rms: float
+    n_stars: int
+    fwhm_px: float
+    ellipticity: float
+    sources: tuple[tuple[float, float, float], ...] = ()
+
+    def to_dict(self, include_sources: bool = False) -> dict:
+        """JSON-friendly dict; NaN becomes None, sources become lists."""
+        def clean(v: float) -> float | None:
+            return None if not math.isfinite(v) else float(v)
+
+        out = {
+            "background": clean(self.background),
+            "background_rms": clean(self.background_rms),
+            "n_stars": int(self.n_stars),
+            "fwhm_px": clean(self.fwhm_px),
+            "ellipticity": clean(self.ellipticity),
+        }
+        if include_sources:
+            out["sources"] = [[float(x), float(y), float(f)] for x, y, f in self.sources]
+        return out
+
+
+def _as_float_image(path_or_array) -> tuple[np.ndarray, float | None, str]:
+    """Native-endian float32 copy (sep needs both), saturation level, label."""
+    if isinstance(path_or_array, np.ndarray):
+        label, data, saturation = "<array>", path_or_array, None
+        if data.ndim != 2:
+            raise ImageError(f"{label}: expected a 2-D image, got shape {data.shape}")
+    else:
+        label = str(path_or_array)
+        data, header = read_image(path_or_array)
+        saturation = header.get("SATURATE")
+        saturation = float(saturation) if isinstance(saturation, (int, float)) else None
+    if min(data.shape) < 16:
+        raise ImageError(f"{label}: image too small to measure ({data.shape})")
+    if not (np.issubdtype(data.dtype, np.number) and not np.iscomplexobj(data)):
+        raise ImageError(f"{label}: image data is not real numbers ({data.dtype})")
+    image = np.ascontiguousarray(data, dtype=np.float32)  # copies: sep subtracts in place
+    return image, saturation, label
+
+
+def _saturation_guess(image: np.ndarray) -> float:
+    """Without a SATURATE keyword: clipped stars leave plateaus at the maximum."""
+    peak = float(image.max())
+    if np.count_nonzero(image >= peak) >= 3:
+        return peak
+    return math.inf
+
+
+def _extract(image: np.ndarray, threshold_sigma: float, back_rms: float):
+    """sep.extract with a pixel stack sized to the frame: sep allocates the whole
+    stack on every call, so a stack sized for the largest frame makes small
+    frames ten times slower. Grown and retried if a crowded frame fills it."""
+    pixstack = int(min(max(image.size // 8, 300_000), _PIXSTACK))
+    while True:
+        sep.set_extract_pixstack(pixstack)
+        try:
+            return sep.extract(image, threshold_sigma, err=back_rms)
+        except Exception as exc:  # noqa: BLE001 - sep raises bare Exception
+            if "pixel buffer full" not in str(exc) or pixstack >= 8 * _PIXSTACK:
+                raise
+            pixstack *= 2
+
+
+def measure_frame(path_or_array, threshold_sigma: float = 5.0,
+                  saturation: float | None = None) -> FrameMetrics:
+    """Background, star count, FWHM and ellipticity of one frame.
+
+    Detection: sep background (64-px mesh) is subtracted, then sources are
+    extracted at ``threshold_sigma`` times the global background RMS.
+
+    Which sources count: sources touching the frame edge (sep's truncation
+    flag or centroid within 8 px of the edge) and sources narrower than 1 px
+    FWHM (hot pixels, cosmic rays) are dropped; the rest is ``n_stars``.
+
+    FWHM: 2 x sep's half-flux radius (``flux_radius`` at 0.5, aperture 6 a),
+    which is exact for a Gaussian and, unlike the isophotal second moments
+    (2 sqrt(ln2 (a^2 + b^2))), is not biased low for faint stars whose wings
+    sink below the threshold; the pixel width that flux_radius's subpixel
+    sampling adds is removed in quadrature. Median over the brighter half of the
+    unsaturated, unblended stars. Ellipticity: median of 1 - b/a over the
+    same stars, from Gaussian-weighted moments corrected for the weight
+    (sep's isophotal a, b understate elongation). Saturated stars (peak within
+    2% of ``saturation``, from the argument, else the SATURATE keyword, else
+    the plateau at the data maximum) are counted and kept as sources but not
+    used for shape.
+    """
+    image, header_saturation, label = _as_float_image(path_or_array)
+    if saturation is None:
+        saturation = header_saturation if header_saturation is not None else _saturation_guess(image)
+    height, width = image.shape
+
+    try:
+        mesh = 128 if min(height, width) >= _BIG_FRAME_PX else 64
+        background = sep.Background(image, bw=mesh, bh=mesh)
+        back_level, back_rms = float(background.globalback), float(background.globalrms)
+        background.subfrom(image)
+        objects = _extract(image, threshold_sigma, back_rms)
+    except Exception as exc:  # sep raises bare Exception on internal overflows
+        raise ImageError(f"{label}: source extraction failed ({exc})") from exc
+
+    if len(objects) == 0 or back_rms <= 0:
+        return FrameMetrics(back_level, back_rms, 0, math.nan, math.nan, ())
+
+    x, y = objects["x"], objects["y"]
+    inside = ((objects["flag"] & sep.OBJ_TRUNC) == 0) \
+        & (x >= _EDGE_MARGIN_PX) & (x <= width - 1 - _EDGE_MARGIN_PX) \
+        & (y >= _EDGE_MARGIN_PX) & (y <= height - 1 - _EDGE_MARGIN_PX) \
+        & (objects["a"] > 0) & (objects["flux"] > 0)
+    objects = objects[inside]
+    if len(objects) == 0:
+        return FrameMetrics(back_level, back_rms, 0, math.nan, math.nan, ())
+
+    rmax = np.maximum(6.0 * objects["a"], 3.0)
+    half_light, _ = sep.flux_radius(image, objects["x"], objects["y"], rmax, 0.5, subpix=5)
+    # flux_radius spreads each pixel's value uniformly over the pixel, which
+    # widens the profile by the pixel once more (variance 1/12 px^2 a side);
+    # removing it gives the FWHM of the star as recorded in the pixels.
+    fwhm = np.sqrt(np.maximum((2.0 * half_light) ** 2 - _PIXEL_FWHM2_PX2, 0.0))
+    is_star = np.isfinite(fwhm) & (fwhm >= _MIN_STAR_FWHM_PX)
+    objects, fwhm = objects[is_star], fwhm[is_star]
+    n_stars = len(objects)
+    if n_stars == 0:
+        return FrameMetrics(back_level, back_rms, 0, math.nan, math.nan, ())
+
+    # 'peak' is background-subtracted; compare the raw level with saturation.
+    saturated = objects["peak"] + back_level >= 0.98 * saturation
+    for_shape = ~saturated & ((objects["flag"] & sep.OBJ_MERGED) == 0)
+    fwhm_px = ellipticity = math.nan
+    if np.any(for_shape):
+        shape_flux = objects["flux"][for_shape]
+        brighter_half = shape_flux >= np.median(shape_flux)
+        fwhm_px = float(np.median(fwhm[for_shape][brighter_half]))
+        shape_stars = objects[for_shape][brighter_half]
+        ellipticities = _weighted_ellipticity(image, shape_stars["x"], shape_stars["y"],
+                                              sigma_w=max(fwhm_px, _MIN_STAR_FWHM_PX) / _FWHM_PER_SIGMA)
+        ellipticities = ellipticities[np.isfinite(ellipticities)]
+        if len(ellipticities):
+            ellipticity = float(np.median(ellipticities))
+
+    order = np.argsort(objects["flux"])[::-1][:_MAX_SOURCES_KEPT]
+    sources = tuple((float(objects["x"][i]), float(objects["y"][i]), float(objects["flux"][i]))
+                    for i in order)
+    return FrameMetrics(back_level, back_rms, n_stars, fwhm_px, ellipticity, sources)
+
+
+def _weighted_ellipticity(image: np.ndarray, x: np.ndarray, y: np.ndarray,
+                          sigma_w: float) -> np.ndarray:
+    """1 - b/a of each star from Gaussian-weighted second moments.
+
+    sep's a and b come from the pixels above the detection isophote, found on
+    the filtered (rounder) image: they underestimate elongation by a fifth or
+    more. Moments under a circular Gaussian weight of width sigma_w are
+    instead exact for a Gaussian star once the weight is divided out:
+    C = (M^-1 - I / sigma_w^2)^-1. NaN where noise makes that undefined.
+    """
+    height, width = image.shape
+    r = int(math.ceil(3.0 * sigma_w))
+    xc, yc = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    whole = (xc - r >= 0) & (xc + r < width) & (yc - r >= 0) & (yc + r < height)
+    result = np.full(len(x), np.nan)
+    if not np.any(whole):
+        return result
+    offsets = np.arange(-r, r + 1)
+    rows = (yc[whole][:, None] + offsets)[:, :, None]
+    cols = (xc[whole][:, None] + offsets)[:, None, :]
+    stamps = image[rows, cols].astype(np.float64)
+    dx = cols - x[whole][:, None, None]
+    dy = rows - y[whole][:, None, None]
+    weighted = stamps * np.exp(-(dx * dx + dy * dy) / (2.0 * sigma_w ** 2))
+    total = weighted.sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mx = (weighted * dx).sum(axis=(1, 2)) / total
+        my = (weighted * dy).sum(axis=(1, 2)) / total
+        dx, dy = dx - mx[:, None, None], dy - my[:, None, None]
+        mxx = (weighted * dx * dx).sum(axis=(1, 2)) / total
+        myy = (weighted * dy * dy).sum(axis=(1, 2)) / total
+        mxy = (weighted * dx * dy).sum(axis=(1, 2)) / total
+        # Inverse of the measured moments, minus the weight's inverse.
+        det = mxx * myy - mxy * mxy
+        ixx, iyy, ixy = myy / det - 1.0 / sigma_w ** 2, mxx / det - 1.0 / sigma_w ** 2, -mxy / det
+        # The eigenvalues of the inverse are 1/a^2 and 1/b^2.
+        half_trace, half_diff = (ixx + iyy) / 2.0, np.hypot((ixx - iyy) / 2.0, ixy)
+        inv_a2, inv_b2 = half_trace - half_diff, half_trace + half_diff
+        e = 1.0 - np.sqrt(inv_a2 / inv_b2)
+    valid = (total > 0) & (det > 0) & (inv_a2 > 0)
+    result[np.flatnonzero(whole)[valid]] = e[valid]
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Drift
+
+
+def _brightest_xy(sources: Iterable[Sequence[float]], n: int) -> np.ndarray:
+    arr = np.asarray([tuple(s)[:3] for s in sources], dtype=float).reshape(-1, 3)
+    arr = arr[np.all(np.isfinite(arr), axis=1)]
+    return arr[np.argsort(arr[:, 2])[::-1][:n], :2]
+
+
+def _match(ref: np.ndarray, cur: np.ndarray, shift: np.ndarray, radius: float
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one nearest neighbours of ref+shift in cur within ``radius``."""
+    d = np.linalg.norm(ref[:, None, :] + shift - cur[None, :, :], axis=2)
+    nearest_cur = np.argmin(d, axis=1)
+    nearest_ref = np.argmin(d, axis=0)
+    ref_idx = np.arange(len(ref))
+    mutual = (nearest_ref[nearest_cur] == ref_idx) & (d[ref_idx, nearest_cur] <= radius)
+    return ref_idx[mutual], nearest_cur[mutual]
+
+
+def measure_drift(ref_sources: Iterable[Sequence[float]], sources: Iterable[Sequence[float]],
+                  max_shift_px: float = 50.0, min_matches: int = 5,
+                  n_brightest: int = 150, match_radius_px: float = 2.0
+                  ) -> tuple[float, float, int] | None:
+    """Pixel offset of a frame relative to a reference frame, from their stars.
+
+    ``ref_sources`` and ``sources`` are (x, y, flux) sequences such as
+    ``FrameMetrics.sources``. Returns ``(dx, dy, n_matched)`` where a star at
+    (x, y) in the reference lies at (x + dx, y + dy) in the current frame, or
+    None when fewer than ``min_matches`` stars agree on a shift within
+    ``max_shift_px``.
+
+    Method: every pair (reference star, current star) among the brightest
+    ``n_brightest`` of each votes for its offset in a 2-D histogram of
+    ``match_radius_px`` bins; unrelated pairs spread thinly over the
+    histogram while true pairs pile up in one bin. The winning offset seeds a
+    mutual nearest-neighbour match, refined twice with the median offset of
+    the matched pairs (robust to a few wrong matches). Pure translation:
+    enough for tracking drift between frames of one field, not for rotation.
+    """
+    ref = _brightest_xy(ref_sources, n_brightest)
+    cur = _brightest_xy(sources, n_brightest)
+    if len(ref) < min_matches or len(cur) < min_matches:
+        return None
+
+    offsets = (cur[None, :, :] - ref[:, None, :]).reshape(-1, 2)
+    offsets = offsets[np.all(np.abs(offsets) <= max_shift_px, axis=1)]
+    if len(offsets) < min_matches:
+        return None
+    bin_px = match_radius_px
+    n_bins = max(1, int(math.ceil(2 * max_shift_px / bin_px)))
+    edges = np.linspace(-max_shift_px, max_shift_px, n_bins + 1)
+    votes, _, _ = np.histogram2d(offsets[:, 0], offsets[:, 1], bins=(edges, edges))
+    # A true offset near a bin corner splits its votes: score 2x2 neighbourhoods.
+    padded = np.pad(votes, 1)
+    score = padded[:-1, :-1] + padded[1:, :-1] + padded[:-1, 1:] + padded[1:, 1:]
+    # score[i, j] covers the bins around the histogram corner (edges[i], edges[j]).
+    ix, iy = np.unravel_index(np.argmax(score), score.shape)
+    near = np.all(np.abs(offsets - (edges[ix], edges[iy])) <= bin_px, axis=1)
+    if np.count_nonzero(near) < min_matches:
+        return None
+    shift = np.median(offsets[near], axis=0)
+
+    radius = 2.0 * match_radius_px
+    for _ in range(3):
+        ri, ci = _match(ref, cur, shift, radius)
+        if len(ri) < min_matches:
+            return None
+        shift = np.median(cur[ci] - ref[ri], axis=0)
+        radius = match_radius_px
+    if np.any(np.abs(shift) > max_shift_px):
+        return None
+    return float(shift[0]), float(shift[1]), int(len(ri))

@@ -1,0 +1,483 @@
+"""Fields file and the greedy "dispatch" scheduler (pure; no actor code).
+
+The fields file is the POCS format, read unchanged (see conf/fields.yaml)::
+
+    - field: {name: "M42", position: "05h35m17.3s -05d23m28s"}
+      observation: {priority: 75, exptime: 30, min_nexp: 10, exp_set_size: 5}
+
+``Scheduler.decide`` evaluates every field at once with numpy, so a decision
+costs well under a millisecond per field once the night's ephemeris is cached
+(POCS takes about 0.15 s for 6 fields and 0.8 s for 53).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field as dataclass_field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import yaml
+
+from observatory.astro import Ephemeris, altaz, angular_separation_deg
+from observatory.clock import iso
+
+
+# --------------------------------------------------------------------------
+# Observations and the fields file
+# --------------------------------------------------------------------------
+
+class FieldsError(ValueError):
+    """A fields file (or list) that cannot be used.
+
+    Every problem found is listed, one a line, each naming the file and the
+    entry, numbered from 1 as a person counts the list, with the field name
+    when it is known: ``conf/fields.yaml: entry 3 (WASP-33): exp_set_size 7
+    does not divide min_nexp 60``.
+    """
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Observation:
+    name: str
+    ra_deg: float  # ICRS
+    dec_deg: float
+    priority: float = 100.0
+    exptime: float = 120.0  # seconds
+    min_nexp: int = 60
+    exp_set_size: int = 10
+    tags: tuple[str, ...] = ()
+    filter_name: str | None = None
+
+    def __post_init__(self):
+        problems = _value_problems(self.priority, self.exptime, self.min_nexp, self.exp_set_size)
+        if problems:
+            raise ValueError(f"observation {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def set_duration(self) -> float:
+        """Seconds of exposure in one set (readout and slews not included)."""
+        return self.exptime * self.exp_set_size
+
+    @property
+    def minimum_duration(self) -> float:
+        return self.exptime * self.min_nexp
+
+    @property
+    def field_name(self) -> str:
+        """POCS's path-safe form of the name: 'HD 189733' -> 'Hd189733'."""
+        return field_name(self.name)
+
+
+def field_name(name: str) -> str:
+    return name.title().replace(" ", "").replace("-", "")
+
+
+def _value_problems(priority, exptime, min_nexp, exp_set_size) -> list[str]:
+    problems = []
+    if not priority > 0:
+        problems.append(f"priority must be > 0, got {priority:g}")
+    if not exptime > 0:
+        problems.append(f"exptime must be > 0 seconds, got {exptime:g}")
+    sizes_ok = True
+    for key, value in (("min_nexp", min_nexp), ("exp_set_size", exp_set_size)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            problems.append(f"{key} must be an integer >= 1, got {value!r}")
+            sizes_ok = False
+    if sizes_ok and min_nexp % exp_set_size:
+        problems.append(f"exp_set_size {exp_set_size} does not divide min_nexp {min_nexp}")
+    return problems
+
+
+def load_fields(path: str | Path) -> list[Observation]:
+    """Read a POCS fields file; raise FieldsError naming every problem found."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise FieldsError(source, [f"cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise FieldsError(source, [f"not valid YAML: {' '.join(str(exc).split())}"]) from exc
+    return parse_fields(data, source)
+
+
+def parse_fields(data: Any, source: str = "<fields>") -> list[Observation]:
+    """Observations from an already-parsed fields list (the YAML document)."""
+    if data is None:
+        raise FieldsError(source, ["the file is empty; expected a list of fields"])
+    if not isinstance(data, list):
+        raise FieldsError(source, [f"expected a list of fields, got a {_type_name(data)}"])
+    if not data:
+        raise FieldsError(source, ["the list of fields is empty"])
+
+    problems: list[str] = []
+    observations: list[Observation] = []
+    seen: dict[str, tuple[int, str]] = {}  # field_name -> (entry number, name)
+    for number, entry in enumerate(data, start=1):
+        entry_problems, obs = _parse_entry(entry)
+        label = f"entry {number}" + (f" ({obs['name']})" if obs.get("name") else "")
+        problems.extend(f"{label}: {p}" for p in entry_problems)
+        name = obs.get("name")
+        if name:
+            key = field_name(name)
+            if key in seen:
+                first_number, first_name = seen[key]
+                if first_name == name:
+                    problems.append(f"{label}: name duplicates entry {first_number}")
+                else:
+                    problems.append(f"{label}: name duplicates entry {first_number} ({first_name}) once "
+                                    f"case, spaces and dashes are ignored (POCS's form for directories)")
+            else:
+                seen[key] = (number, name)
+        if not entry_problems:
+            observations.append(Observation(**obs))
+    if problems:
+        raise FieldsError(source, problems)
+    return observations
+
+
+_OBSERVATION_DEFAULTS = {"priority": 100.0, "exptime": 120.0, "min_nexp": 60, "exp_set_size": 10}
+
+
+def _parse_entry(entry: Any) -> tuple[list[str], dict]:
+    """(problems, Observation keyword arguments) for one list entry."""
+    if not isinstance(entry, Mapping):
+        return [f"expected a mapping with 'field' and 'observation', got a {_type_name(entry)}"], {}
+    fld = entry.get("field")
+    if not isinstance(fld, Mapping):
+        what = "missing 'field'" if fld is None else f"'field' must be a mapping, got a {_type_name(fld)}"
+        return [what], {}
+
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    name = fld.get("name")
+    if name is not None and (isinstance(name, bool) or not isinstance(name, (str, int, float))):
+        problems.append(f"field name must be text, got a {_type_name(name)}")
+    elif name is None or not str(name).strip():
+        problems.append("field has no name")
+    else:
+        out["name"] = str(name).strip()
+
+    position = fld.get("position")
+    if position is None:
+        problems.append("field has no position")
+    else:
+        try:
+            out["ra_deg"], out["dec_deg"] = parse_position(position, fld.get("frame"), fld.get("equinox"))
+        except ValueError as exc:
+            problems.append(f"cannot parse position {position!r}: {exc}")
+
+    obs = entry.get("observation")
+    if obs is None:
+        obs = {}
+    elif not isinstance(obs, Mapping):
+        problems.append(f"'observation' must be a mapping, got a {_type_name(obs)}")
+        obs = {}
+
+    values = dict(_OBSERVATION_DEFAULTS)
+    value_types_ok = True
+    for key in ("priority", "exptime"):
+        if obs.get(key) is not None:
+            try:
+                values[key] = _number(obs[key], seconds=key == "exptime")
+            except ValueError:
+                problems.append(f"{key} must be a number, got {obs[key]!r}")
+                value_types_ok = False
+    for key in ("min_nexp", "exp_set_size"):
+        if obs.get(key) is not None:
+            values[key] = _integer(obs[key])
+    if value_types_ok:
+        problems.extend(_value_problems(**values))
+    out.update(values)
+
+    tags = obs.get("tags")
+    if tags is None:
+        out["tags"] = ()
+    elif isinstance(tags, str):
+        out["tags"] = (tags,)
+    elif isinstance(tags, list) and all(isinstance(t, (str, int, float)) for t in tags):
+        out["tags"] = tuple(str(t) for t in tags)
+    else:
+        problems.append(f"tags must be a list of words, got {tags!r}")
+    if obs.get("filter_name") is not None:
+        out["filter_name"] = str(obs["filter_name"])
+    return problems, out
+
+
+_UNIT_MARKS = re.compile(r"[hdms°'\"]|deg|rad", re.IGNORECASE)
+
+
+def parse_position(position: Any, frame: str | None = None, equinox: str | None = None) -> tuple[float, float]:
+    """ICRS (RA, Dec) in degrees from anything SkyCoord parses.
+
+    Besides strings with units ("05h35m17.3s -05d23m28s"), bare numbers are
+    read as degrees ("83.82 -5.39", or a [ra, dec] list) and bare
+    sexagesimal as hours and degrees ("05:35:17.3 -05:23:28"), the usual
+    conventions. ``equinox`` other than J2000 means FK5 of that equinox.
+    """
+    from astropy.coordinates import SkyCoord  # deferred: astropy import is slow
+    import astropy.units as u
+
+    kwargs: dict[str, Any] = {"frame": (frame or "icrs").lower()}
+    if equinox is not None:
+        if kwargs["frame"] == "icrs" and str(equinox).upper() not in ("J2000", "J2000.0"):
+            kwargs["frame"] = "fk5"
+        if kwargs["frame"] != "icrs":
+            kwargs["equinox"] = str(equinox)
+    try:
+        if isinstance(position, (list, tuple)):
+            if len(position) != 2 or not all(_is_number(x) for x in position):
+                raise ValueError("a list position must be two numbers [ra_deg, dec_deg]")
+            coord = SkyCoord(float(position[0]) * u.deg, float(position[1]) * u.deg, **kwargs)
+        elif isinstance(position, str):
+            text = position.replace(",", " ").strip()
+            if _UNIT_MARKS.search(text):
+                coord = SkyCoord(text, **kwargs)
+            elif ":" in text:
+                coord = SkyCoord(text, unit=(u.hourangle, u.deg), **kwargs)
+            else:
+                coord = SkyCoord(text, unit=(u.deg, u.deg), **kwargs)
+        else:
+            raise ValueError(f"expected text or [ra, dec], got a {_type_name(position)}")
+        icrs = coord.icrs
+    except ValueError:
+        raise
+    except Exception as exc:  # astropy raises a variety of types for bad input
+        raise ValueError(str(exc)) from exc
+    ra, dec = float(icrs.ra.deg), float(icrs.dec.deg)
+    if not (math.isfinite(ra) and math.isfinite(dec)):
+        raise ValueError("not a finite position")
+    return ra, dec
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _number(value: Any, seconds: bool = False) -> float:
+    """A float from a YAML number, a numeric string, a fraction ("1/2") or, for
+    times, a quantity ("2 min")."""
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            pass
+        if seconds:
+            import astropy.units as u
+            try:
+                return float(u.Quantity(value).to_value(u.s))
+            except Exception:
+                pass
+    raise ValueError(value)
+
+
+def _integer(value: Any) -> Any:
+    """An int where the YAML value is a whole number; the value unchanged otherwise
+    (so that the problem message shows what was written)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------
+# Decisions
+# --------------------------------------------------------------------------
+
+#: Veto names, in the order they are reported.
+VETOES = ("sun_up", "below_horizon", "moon", "done", "night_ends")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    merit: float  # 0 when vetoed
+    altitude_deg: float
+    vetoes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "merit": self.merit, "altitude_deg": self.altitude_deg,
+                "vetoes": list(self.vetoes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Candidate":
+        return cls(d["name"], float(d["merit"]), float(d["altitude_deg"]), tuple(d.get("vetoes", ())))
+
+
+@dataclass(frozen=True)
+class Decision:
+    time_unix: float
+    winner: str | None
+    reason: str
+    candidates: tuple[Candidate, ...] = dataclass_field(default=())
+
+    def to_dict(self) -> dict:
+        return {"time_unix": self.time_unix, "time": iso(self.time_unix), "winner": self.winner,
+                "reason": self.reason, "candidates": [c.to_dict() for c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Decision":
+        return cls(float(d["time_unix"]), d.get("winner"), d.get("reason", ""),
+                   tuple(Candidate.from_dict(c) for c in d.get("candidates", ())))
+
+    def candidate(self, name: str) -> Candidate | None:
+        return next((c for c in self.candidates if c.name == name), None)
+
+
+class Scheduler:
+    """Greedy dispatch: at each call, the best field observable right now.
+
+    A field is vetoed when
+
+    * ``sun_up``: the sun is above ``observe_horizon_deg``;
+    * ``below_horizon``: it is below ``min_altitude_deg`` now, or will be at
+      the end of one exposure set (``exptime * exp_set_size +
+      set_overhead_s`` from now);
+    * ``moon``: it is closer than ``moon_separation_deg`` to the moon
+      (whatever the moon's altitude, as POCS);
+    * ``done``: ``exposures_done[name] >= min_nexp``;
+    * ``night_ends``: the set would not finish before the dark time ends.
+
+    Merit = priority * sin(altitude), i.e. priority / airmass: a field at 30
+    degrees counts half as much as the same field at the zenith, so a field
+    is preferred while it is high and the plan follows the sky through the
+    night. The current field is kept while unvetoed and its merit is at least
+    ``(1 - hysteresis)`` times the best, which avoids a slew for a marginal gain.
+
+    ``set_overhead_s`` covers what a set costs beyond its exposures: slew,
+    plate solve and the readouts (about 120 s for a PANOPTES unit with ten
+    exposures a set).
+    """
+
+    def __init__(self, observations: Iterable[Observation], ephemeris: Ephemeris,
+                 min_altitude_deg: float = 30.0, moon_separation_deg: float = 15.0,
+                 observe_horizon_deg: float = -18.0, hysteresis: float = 0.1,
+                 set_overhead_s: float = 120.0):
+        if not 0.0 <= hysteresis < 1.0:
+            raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
+        if set_overhead_s < 0:
+            raise ValueError(f"set_overhead_s must be >= 0, got {set_overhead_s}")
+        self.ephemeris = ephemeris
+        self.site = ephemeris.site
+        self.min_altitude_deg = float(min_altitude_deg)
+        self.moon_separation_deg = float(moon_separation_deg)
+        self.observe_horizon_deg = float(observe_horizon_deg)
+        self.hysteresis = float(hysteresis)
+        self.set_overhead_s = float(set_overhead_s)
+        self.set_observations(observations)
+
+    @property
+    def observations(self) -> tuple[Observation, ...]:
+        return self._observations
+
+    def observation(self, name: str) -> Observation | None:
+        i = self._index.get(name)
+        return None if i is None else self._observations[i]
+
+    def set_observations(self, observations: Iterable[Observation]) -> None:
+        """Replace the fields (e.g. after the fields file changed)."""
+        obs = tuple(observations)
+        names = [o.name for o in obs]
+        if len(set(names)) != len(names):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"duplicate observation names: {', '.join(duplicates)}")
+        self._observations = obs
+        self._names = names
+        self._index = {n: i for i, n in enumerate(names)}
+        self._ra = np.array([o.ra_deg for o in obs], dtype=float)
+        self._dec = np.array([o.dec_deg for o in obs], dtype=float)
+        self._priority = np.array([o.priority for o in obs], dtype=float)
+        self._set_time = np.array([o.set_duration for o in obs], dtype=float) + self.set_overhead_s
+        self._min_nexp = np.array([o.min_nexp for o in obs], dtype=np.int64)
+
+    def decide(self, unix: float, current: str | None = None,
+               exposures_done: Mapping[str, int] | None = None) -> Decision:
+        unix = float(unix)
+        n = len(self._names)
+        if n == 0:
+            return Decision(unix, None, "no observable field: no fields loaded", ())
+
+        # Sun state from the same refined crossings as the night's end, so the
+        # two can never disagree at the boundary.
+        try:
+            dark_start, dark_end = self.ephemeris.dark_interval(unix, self.observe_horizon_deg)
+        except ValueError:  # e.g. summer at high latitude: no astronomical night at all
+            dark_start = dark_end = math.inf
+        sun_up = unix < dark_start
+
+        alt_now, _ = altaz(self._ra, self._dec, unix, self.site)
+        set_end = unix + self._set_time
+        alt_end, _ = altaz(self._ra, self._dec, set_end, self.site, elementwise=True)
+        moon_ra, moon_dec = self.ephemeris.moon_radec(unix)
+        moon_sep = angular_separation_deg(self._ra, self._dec, moon_ra, moon_dec)
+        done_count = np.zeros(n, dtype=np.int64)
+        for name, count in (exposures_done or {}).items():
+            i = self._index.get(name)
+            if i is not None:
+                done_count[i] = count
+
+        veto = np.empty((len(VETOES), n), dtype=bool)
+        veto[0] = sun_up
+        veto[1] = (alt_now < self.min_altitude_deg) | (alt_end < self.min_altitude_deg)
+        veto[2] = moon_sep < self.moon_separation_deg
+        veto[3] = done_count >= self._min_nexp
+        veto[4] = (not sun_up) & (set_end > dark_end)
+        vetoed = veto.any(axis=0)
+        merit = np.where(vetoed, 0.0, self._priority * np.sin(np.radians(alt_now)))
+
+        order = np.argsort(-merit, kind="stable")
+        candidates = tuple(
+            Candidate(self._names[i], float(merit[i]), float(alt_now[i]),
+                      tuple(VETOES[k] for k in np.flatnonzero(veto[:, i])))
+            for i in order)
+
+        n_ok = int(n - vetoed.sum())
+        if n_ok == 0:
+            counts = ", ".join(f"{name} {int(c)}" for name, c in zip(VETOES, veto.sum(axis=1)) if c)
+            reason = f"no observable field: {n} vetoed ({counts})"
+            if sun_up:
+                dark = f"dark from {iso(dark_start)[:19]}" if math.isfinite(dark_start) else "no dark time ahead"
+                reason += f"; sun at {self.ephemeris.sun_alt(unix):.1f} deg, {dark}"
+            return Decision(unix, None, reason, candidates)
+
+        best = int(order[0])
+        best_name, best_merit = self._names[best], float(merit[best])
+        summary = f"best of {n_ok} candidate{'s' if n_ok != 1 else ''}"
+        cur = self._index.get(current) if current is not None else None
+        if cur is not None and not vetoed[cur]:
+            cur_merit = float(merit[cur])
+            if cur == best:
+                return Decision(unix, current, f"keeping {current}, {summary} (merit {best_merit:.1f})",
+                                candidates)
+            if cur_merit >= (1.0 - self.hysteresis) * best_merit:
+                return Decision(unix, current,
+                                f"keeping {current} (merit {cur_merit:.1f}, within {self.hysteresis:.0%} "
+                                f"of {best_name} {best_merit:.1f}, {summary})", candidates)
+            reason = (f"{best_name} {summary} (merit {best_merit:.1f}); "
+                      f"{current} merit {cur_merit:.1f} is over {self.hysteresis:.0%} lower")
+        elif cur is not None:
+            why = ", ".join(VETOES[k] for k in np.flatnonzero(veto[:, cur]))
+            reason = f"{best_name} {summary} (merit {best_merit:.1f}); leaving {current} ({why})"
+        else:
+            reason = f"{best_name} {summary} (merit {best_merit:.1f})"
+            if current is not None:
+                reason += f"; {current} is no longer in the fields list"
+        return Decision(unix, best_name, reason, candidates)

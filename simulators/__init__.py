@@ -1,0 +1,1 @@
+"""Simulated devices: drop-in drivers that run on the shared simulated clock."""

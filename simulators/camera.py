@@ -1,0 +1,634 @@
+"""Simulated DSLR-class camera on the shared simulated clock.
+
+The driver API is non-blocking like a real camera's: ``start_exposure``
+returns at once, a background thread waits out the exposure and readout in
+simulated time, renders a star field and writes the FITS file atomically;
+the caller polls ``status()`` and picks the result up with ``collect()``.
+
+The sky is a deterministic function of position (``SkyCatalog``), not of the
+frame, so two frames a few pixels apart in pointing show the same stars
+shifted: drift measurement, pointing correction and plate solving can be
+tested against the true pointing, which the header carries as SIM-RA/SIM-DEC.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from astropy.io import fits
+
+from observatory.clock import SimClock, iso
+from observatory.imaging import as_fits_header, write_fits_atomic
+
+__all__ = ["CameraError", "SimulatedCamera", "SkyCatalog", "tan_project",
+           "DEFAULT_SETTINGS", "IMAGE_TYPES"]
+
+MODEL = "simulated DSLR"
+
+DEFAULT_SETTINGS: dict = {
+    "width": 5208,
+    "height": 3476,
+    "pixel_size_um": 4.3,
+    "focal_length_mm": 85.0,
+    "readout_time": 5.0,
+    "bias": 2048,
+    "read_noise_e": 10.0,
+    "gain_e_per_adu": 1.5,
+    "saturation_adu": 15000,
+    "sky_e_per_s_per_px": 20.0,
+    "dark_e_per_s_per_px": 0.02,
+    "flat_e_per_s_per_px": 10000.0,
+    "fwhm_px": 2.2,
+    "star_density": 1.0,
+    "zero_point_mag": 14.0,
+    "limit_mag": 13.0,
+    "hot_pixel_fraction": 2e-6,
+    "seed": 0,
+}
+
+# Frame types that see the sky; 'dark' and 'bias' keep the shutter closed.
+_SKY_TYPES = frozenset({"science", "pointing", "focus"})
+IMAGE_TYPES = _SKY_TYPES | {"flat", "dark", "bias"}
+
+# Longest single wall-clock wait: bounds how late an abort or close is noticed
+# and keeps a waiting thread robust to wall-clock steps.
+_WAIT_SLICE_S = 0.1
+# Noise is drawn in fixed row blocks, each from its own generator, so frames
+# are reproducible whatever the number of worker threads.
+_NOISE_BLOCK_ROWS = 256
+_NOISE_THREADS = 2
+
+
+class CameraError(RuntimeError):
+    """A camera command cannot be carried out (busy, not connected, bad argument...)."""
+
+
+# ---------------------------------------------------------------------------
+# The sky
+
+
+class SkyCatalog:
+    """A deterministic random star catalogue covering the whole sky.
+
+    The sky is cut into declination bands 1 degree high, each cut into
+    right-ascension cells of about 1 degree wide on the sky (fewer cells
+    towards the poles, so every cell is about 1 square degree). Each cell's
+    stars come from a generator seeded by (seed, band, cell): a star's place
+    and brightness never depend on which frame asks for it.
+
+    Star counts follow log10 N(<m) = log10(n10) + slope (m - 10) per square
+    degree (about 8 stars brighter than mag 10 per square degree, an
+    all-sky average; no Milky Way), times ``density``, from ``bright_mag`` to
+    ``limit_mag``.
+    """
+
+    _CACHE_CELLS = 4096
+
+    def __init__(self, seed: int = 0, density: float = 1.0, limit_mag: float = 13.0,
+                 bright_mag: float = 3.0, n10_per_sq_deg: float = 8.0, slope: float = 0.4):
+        if density < 0:
+            raise ValueError(f"star density must be >= 0, got {density}")
+        if limit_mag <= bright_mag:
+            raise ValueError(f"limit_mag {limit_mag} must be fainter than bright_mag {bright_mag}")
+        self.seed = int(seed)
+        self.density = float(density)
+        self.limit_mag = float(limit_mag)
+        self.bright_mag = float(bright_mag)
+        self.slope = float(slope)
+        self._per_sq_deg = density * n10_per_sq_deg * (
+            10 ** (slope * (limit_mag - 10)) - 10 ** (slope * (bright_mag - 10)))
+        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def cells_in_band(band: int) -> int:
+        centre_dec = -89.5 + band
+        return max(1, int(round(360.0 * math.cos(math.radians(centre_dec)))))
+
+    def _cell(self, band: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = (band, k)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        n_cells = self.cells_in_band(band)
+        width = 360.0 / n_cells
+        sin_lo, sin_hi = math.sin(math.radians(band - 90.0)), math.sin(math.radians(band - 89.0))
+        area_sq_deg = width * (sin_hi - sin_lo) * math.degrees(1.0)
+        rng = np.random.default_rng([self.seed, band, k])
+        n = rng.poisson(self._per_sq_deg * area_sq_deg)
+        ra = (k + rng.random(n)) * width
+        # Uniform in sin(dec) is uniform in area.
+        dec = np.degrees(np.arcsin(sin_lo + rng.random(n) * (sin_hi - sin_lo)))
+        lo, hi = 10 ** (self.slope * self.bright_mag), 10 ** (self.slope * self.limit_mag)
+        mag = np.log10(lo + rng.random(n) * (hi - lo)) / self.slope
+        cell = (ra, dec, mag)
+        with self._lock:
+            self._cache[key] = cell
+            while len(self._cache) > self._CACHE_CELLS:
+                self._cache.popitem(last=False)
+        return cell
+
+    def stars_near(self, ra_deg: float, dec_deg: float, radius_deg: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ra, dec, mag) arrays of at least every star within ``radius_deg``
+        (whole cells are returned, so a few lie beyond)."""
+        dec_lo, dec_hi = dec_deg - radius_deg, dec_deg + radius_deg
+        bands = range(max(0, math.floor(dec_lo + 90.0)), min(179, math.floor(dec_hi + 90.0)) + 1)
+        covers_pole = dec_hi >= 90.0 or dec_lo <= -90.0
+        if not covers_pole:
+            # Widest RA extent of a spherical cap around (ra, dec).
+            ratio = math.sin(math.radians(radius_deg)) / math.cos(math.radians(dec_deg))
+            half_ra = 180.0 if ratio >= 1.0 else math.degrees(math.asin(ratio))
+        parts = []
+        for band in bands:
+            n_cells = self.cells_in_band(band)
+            width = 360.0 / n_cells
+            if covers_pole or half_ra >= 180.0:
+                cells = range(n_cells)
+            else:
+                first = math.floor((ra_deg - half_ra) / width)
+                last = math.floor((ra_deg + half_ra) / width)
+                cells = sorted({c % n_cells for c in range(first, last + 1)})
+            parts.extend(self._cell(band, k) for k in cells)
+        if not parts:
+            empty = np.empty(0)
+            return empty, empty, empty
+        return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
+
+
+def tan_project(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float):
+    """Gnomonic (TAN) projection about (ra0, dec0).
+
+    Returns standard coordinates (xi, eta) in degrees (xi towards east, eta
+    towards north) and a mask of points on the near hemisphere (the only ones
+    the projection can show).
+    """
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    ra0, dec0 = math.radians(ra0_deg), math.radians(dec0_deg)
+    cos_dra = np.cos(ra - ra0)
+    cos_c = math.sin(dec0) * np.sin(dec) + math.cos(dec0) * np.cos(dec) * cos_dra
+    front = cos_c > 1e-6
+    safe = np.where(front, cos_c, 1.0)
+    xi = np.cos(dec) * np.sin(ra - ra0) / safe
+    eta = (math.cos(dec0) * np.sin(dec) - math.sin(dec0) * np.cos(dec) * cos_dra) / safe
+    return np.degrees(xi), np.degrees(eta), front
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): avoids a scipy dependency.
+    sign = np.sign(x)
+    x = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return sign * (1.0 - poly * np.exp(-x * x))
+
+
+def _pixel_gaussian(offsets: np.ndarray, sigma: float) -> np.ndarray:
+    """Fraction of a 1-D Gaussian falling in unit pixels centred at ``offsets``.
+
+    Integrating over the pixel, rather than sampling the centre, keeps
+    centroids unbiased and FWHMs right for barely sampled stars (2 px FWHM).
+    """
+    scale = 1.0 / (sigma * math.sqrt(2.0))
+    return 0.5 * (_erf((offsets + 0.5) * scale) - _erf((offsets - 0.5) * scale))
+
+
+# ---------------------------------------------------------------------------
+# The camera
+
+
+@dataclass
+class _Exposure:
+    index: int
+    exptime: float
+    path: Path
+    header: fits.Header
+    ra_deg: float
+    dec_deg: float
+    image_type: str
+    start_unix: float
+    abort: threading.Event = field(default_factory=threading.Event)
+    # Set once the file is being written: from then on abort is too late.
+    committed: bool = False
+    fault: str | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def end_unix(self) -> float:
+        return self.start_unix + self.exptime
+
+
+class SimulatedCamera:
+    """A simulated DSLR-class camera.
+
+    Settings (all optional; unknown keys are refused):
+
+    - ``width``, ``height`` (5208, 3476): frame size in pixels.
+    - ``pixel_size_um`` (4.3): pixel pitch in micrometres.
+    - ``focal_length_mm`` (85.0): lens focal length; with the pixel size it
+      sets the pixel scale, 206.265 * pixel_size_um / focal_length_mm
+      arcsec/px (10.4"/px by default, a 15 x 10 degree field).
+    - ``readout_time`` (5.0): simulated seconds between the end of the
+      exposure and the file being written.
+    - ``bias`` (2048): bias level in ADU.
+    - ``read_noise_e`` (10.0): read noise in electrons RMS.
+    - ``gain_e_per_adu`` (1.5): electrons per ADU.
+    - ``saturation_adu`` (15000): stored values are clipped here (14-bit-ish).
+    - ``sky_e_per_s_per_px`` (20.0): sky background rate, dark-site DSLR.
+    - ``dark_e_per_s_per_px`` (0.02): dark current.
+    - ``flat_e_per_s_per_px`` (10000.0): illumination of 'flat' frames.
+    - ``fwhm_px`` (2.2): FWHM of the Gaussian star images in pixels.
+    - ``star_density`` (1.0): multiplies the number of stars on the sky.
+    - ``zero_point_mag`` (14.0): magnitude of a star giving 1 e-/s. The
+      default puts the 5-sigma limit of a 120 s frame near mag 10.5: a few
+      thousand stars on a full frame (a real 85 mm lens goes deeper, but more
+      stars cost rendering time and add nothing to the tests).
+    - ``limit_mag`` (13.0): faintest star in the simulated sky.
+    - ``hot_pixel_fraction`` (2e-6): fraction of pixels that are hot (fixed
+      places per camera name and seed; 20-300 e-/s each).
+    - ``seed`` (0): seeds the sky (cameras with the same seed see the same
+      sky), the hot pixels and the noise.
+
+    Frames: north up (+y), east left (-x), centred on the requested pointing
+    (0-based pixel ((width-1)/2, (height-1)/2)); monochrome, no Bayer
+    pattern, no vignetting. Noise is Gaussian with the Poisson variance of the
+    expected signal plus read noise.
+    """
+
+    def __init__(self, name: str, settings: Mapping | None = None, clock: SimClock | None = None):
+        settings = dict(settings or {})
+        unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
+        if unknown:
+            raise CameraError(f"{name}: unknown camera setting(s) {unknown}; "
+                              f"known: {sorted(DEFAULT_SETTINGS)}")
+        self.name = name
+        self.settings = {**DEFAULT_SETTINGS, **settings}
+        self._validate_settings()
+        self.clock = clock if clock is not None else SimClock.starting_now()
+        s = self.settings
+        self.width, self.height = int(s["width"]), int(s["height"])
+        self.pixel_scale_arcsec = 206.265 * float(s["pixel_size_um"]) / float(s["focal_length_mm"])
+        self.catalog = SkyCatalog(seed=int(s["seed"]), density=float(s["star_density"]),
+                                  limit_mag=float(s["limit_mag"]))
+        self._name_hash = zlib.crc32(name.encode())
+        self._hot_x, self._hot_y, self._hot_rate = self._make_hot_pixels()
+
+        self._lock = threading.Lock()
+        self._state = "idle"
+        self._exposure: _Exposure | None = None
+        self._error: str | None = None
+        self._progress_at_abort = 0.0
+        self._connected = False
+        self._closed = False
+        self._count = 0
+        self._next_fault: str | None = None
+        # Includes threads of aborted exposures that may still be rendering.
+        self._threads: list[threading.Thread] = []
+
+    def _validate_settings(self) -> None:
+        s = self.settings
+        positive = ["width", "height", "pixel_size_um", "focal_length_mm", "gain_e_per_adu",
+                    "saturation_adu", "fwhm_px"]
+        non_negative = ["readout_time", "bias", "read_noise_e", "sky_e_per_s_per_px",
+                        "dark_e_per_s_per_px", "flat_e_per_s_per_px", "star_density",
+                        "hot_pixel_fraction", "seed"]
+        for key in positive + non_negative:
+            value = s[key]
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CameraError(f"{self.name}: setting {key} must be a number, got {value!r}")
+            if value < 0 or (key in positive and value == 0):
+                raise CameraError(f"{self.name}: setting {key} must be "
+                                  f"{'> 0' if key in positive else '>= 0'}, got {value}")
+        if s["width"] < 16 or s["height"] < 16:
+            raise CameraError(f"{self.name}: frame {s['width']}x{s['height']} is too small")
+        if s["saturation_adu"] > 65535 or s["bias"] >= s["saturation_adu"]:
+            raise CameraError(f"{self.name}: need bias < saturation_adu <= 65535")
+
+    # -- device API ---------------------------------------------------------
+
+    def connect(self) -> dict:
+        """Connect (idempotent) and describe the camera."""
+        with self._lock:
+            if self._closed:
+                raise CameraError(f"{self.name}: camera is closed")
+            self._connected = True
+        s = self.settings
+        return {
+            "name": self.name,
+            "model": MODEL,
+            "width": self.width,
+            "height": self.height,
+            "pixel_size_um": float(s["pixel_size_um"]),
+            "focal_length_mm": float(s["focal_length_mm"]),
+            "pixel_scale_arcsec": self.pixel_scale_arcsec,
+            "field_deg": [self.width * self.pixel_scale_arcsec / 3600.0,
+                          self.height * self.pixel_scale_arcsec / 3600.0],
+            "gain_e_per_adu": float(s["gain_e_per_adu"]),
+            "saturation_adu": int(s["saturation_adu"]),
+            "readout_time": float(s["readout_time"]),
+        }
+
+    def start_exposure(self, exptime: float, path: str, header: Mapping | fits.Header | None,
+                       ra_deg: float, dec_deg: float, image_type: str = "science") -> None:
+        """Start an exposure and return at once.
+
+        The frame, pointed at (ra_deg, dec_deg), is written to ``path`` after
+        ``exptime`` + ``readout_time`` simulated seconds. Raises CameraError
+        when busy, not connected, closed or given a bad argument. An earlier
+        result that was never collected is dropped.
+        """
+        exptime = float(exptime)
+        if not math.isfinite(exptime) or exptime < 0:
+            raise CameraError(f"{self.name}: exposure time must be >= 0 s, got {exptime}")
+        if image_type not in IMAGE_TYPES:
+            raise CameraError(f"{self.name}: unknown image type {image_type!r}; "
+                              f"expected one of {sorted(IMAGE_TYPES)}")
+        if not path:
+            raise CameraError(f"{self.name}: no output path given")
+        if not (math.isfinite(ra_deg) and math.isfinite(dec_deg) and -90.0 <= dec_deg <= 90.0):
+            raise CameraError(f"{self.name}: bad pointing ra={ra_deg} dec={dec_deg}")
+        try:
+            caller_header = as_fits_header(header)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CameraError(f"{self.name}: header cannot go into FITS: {exc}") from exc
+        with self._lock:
+            if self._closed:
+                raise CameraError(f"{self.name}: camera is closed")
+            if not self._connected:
+                raise CameraError(f"{self.name}: not connected")
+            if self._state in ("exposing", "reading"):
+                current = self._exposure
+                raise CameraError(f"{self.name}: busy ({self._state} {current.path.name if current else ''})")
+            self._count += 1
+            exposure = _Exposure(index=self._count, exptime=exptime, path=Path(path),
+                                 header=caller_header, ra_deg=float(ra_deg) % 360.0,
+                                 dec_deg=float(dec_deg), image_type=image_type,
+                                 start_unix=self.clock.now(), fault=self._next_fault)
+            self._next_fault = None
+            self._exposure = exposure
+            self._state = "exposing"
+            self._error = None
+            exposure.thread = threading.Thread(target=self._run, args=(exposure,),
+                                               name=f"{self.name}-exposure-{exposure.index}",
+                                               daemon=True)
+            exposure.thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()] + [exposure.thread]
+
+    def status(self) -> dict:
+        with self._lock:
+            exposure, state = self._exposure, self._state
+            if state == "exposing" and exposure is not None:
+                progress = self._exposure_progress(exposure)
+            elif state in ("reading", "complete"):
+                progress = 1.0
+            elif state == "aborted":
+                progress = self._progress_at_abort
+            else:
+                progress = 0.0
+            return {
+                "state": state,
+                "progress": progress,
+                "start_unix": exposure.start_unix if exposure else None,
+                "exptime": exposure.exptime if exposure else None,
+                "path": str(exposure.path) if exposure else None,
+                "image_type": exposure.image_type if exposure else None,
+                "error": self._error,
+            }
+
+    def collect(self) -> dict | None:
+        """The finished exposure's result, returning the camera to idle.
+
+        complete -> {'path', 'start_unix', 'end_unix', 'exptime', 'image_type'}
+        (end_unix is when the shutter closed); error -> {'error': message};
+        aborted -> {'aborted': True}; otherwise (idle, exposing, reading) None.
+        """
+        with self._lock:
+            exposure, state = self._exposure, self._state
+            if state == "complete" and exposure is not None:
+                result = {"path": str(exposure.path), "start_unix": exposure.start_unix,
+                          "end_unix": exposure.end_unix, "exptime": exposure.exptime,
+                          "image_type": exposure.image_type}
+            elif state == "error":
+                result = {"error": self._error}
+            elif state == "aborted":
+                result = {"aborted": True}
+            else:
+                return None
+            self._state, self._exposure, self._error = "idle", None, None
+            return result
+
+    def abort(self) -> bool:
+        """Stop the exposure in progress; no file is written.
+
+        Returns False when there is nothing to abort, or when the file is
+        already being written (the exposure then completes normally).
+        """
+        with self._lock:
+            exposure = self._exposure
+            if exposure is None or self._state not in ("exposing", "reading") or exposure.committed:
+                return False
+            self._progress_at_abort = (self._exposure_progress(exposure)
+                                       if self._state == "exposing" else 1.0)
+            exposure.abort.set()
+            self._state = "aborted"
+            return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Abort any exposure and stop its thread; the camera cannot be used again."""
+        self.abort()
+        with self._lock:
+            self._closed = True
+            self._connected = False
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def inject_fault(self, kind: str) -> None:
+        """Make the next exposure fail, for tests of the layers above.
+
+        'error': the readout fails (state 'error', no file); 'hang': the
+        readout never finishes (state stays 'reading' until abort or close).
+        """
+        if kind not in ("error", "hang"):
+            raise CameraError(f"{self.name}: unknown fault {kind!r}; expected 'error' or 'hang'")
+        with self._lock:
+            self._next_fault = kind
+
+    # -- exposure thread ----------------------------------------------------
+
+    def _exposure_progress(self, exposure: _Exposure) -> float:
+        if exposure.exptime <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (self.clock.now() - exposure.start_unix) / exposure.exptime))
+
+    def _wait_until(self, sim_unix: float, abort: threading.Event) -> bool:
+        """Wait until simulated time ``sim_unix``; False if aborted first."""
+        while not abort.is_set():
+            remaining = self.clock.wall_at_sim(sim_unix) - time.time()
+            if remaining <= 0:
+                return True
+            abort.wait(min(remaining, _WAIT_SLICE_S))
+        return False
+
+    def _run(self, exposure: _Exposure) -> None:
+        try:
+            # Rendered while "exposing", so at moderate clock speeds the
+            # frame is ready when the simulated readout ends.
+            data = self.render(exposure.exptime, exposure.ra_deg, exposure.dec_deg,
+                               exposure.image_type, noise_seed=exposure.index)
+            if not self._wait_until(exposure.end_unix, exposure.abort):
+                return
+            with self._lock:
+                if exposure.abort.is_set():
+                    return
+                self._state = "reading"
+            readout_end = exposure.end_unix + float(self.settings["readout_time"])
+            if not self._wait_until(readout_end, exposure.abort):
+                return
+            if exposure.fault == "hang":
+                while not exposure.abort.wait(_WAIT_SLICE_S):
+                    pass
+                return
+            if exposure.fault == "error":
+                raise CameraError(f"{self.name}: simulated readout failure")
+            with self._lock:
+                if exposure.abort.is_set():
+                    return
+                exposure.committed = True
+            write_fits_atomic(exposure.path, data, self._header(exposure))
+            with self._lock:
+                if self._exposure is exposure:
+                    self._state = "complete"
+        except Exception as exc:  # the thread must report, never die silently
+            with self._lock:
+                if self._exposure is exposure and not exposure.abort.is_set():
+                    self._state = "error"
+                    self._error = f"{type(exc).__name__}: {exc}"
+
+    def _header(self, exposure: _Exposure) -> fits.Header:
+        s = self.settings
+        header = exposure.header.copy()
+        own = {
+            "DATE-OBS": (iso(exposure.start_unix), "UTC start of exposure"),
+            "MJD-OBS": (exposure.start_unix / 86400.0 + 40587.0, "MJD (UTC) start of exposure"),
+            "EXPTIME": (exposure.exptime, "[s] exposure time"),
+            "IMAGETYP": (exposure.image_type, "frame type"),
+            "INSTRUME": (MODEL, "camera model"),
+            "CAMERA": (self.name, "camera name"),
+            "XPIXSZ": (float(s["pixel_size_um"]), "[um] pixel width"),
+            "YPIXSZ": (float(s["pixel_size_um"]), "[um] pixel height"),
+            "XBINNING": (1, "binning factor"),
+            "YBINNING": (1, "binning factor"),
+            "FOCALLEN": (float(s["focal_length_mm"]), "[mm] focal length"),
+            "PIXSCALE": (round(self.pixel_scale_arcsec, 6), "[arcsec/px] nominal pixel scale"),
+            "GAIN": (float(s["gain_e_per_adu"]), "[e-/ADU] conversion gain"),
+            "RDNOISE": (float(s["read_noise_e"]), "[e-] read noise"),
+            "BIASLEV": (int(s["bias"]), "[ADU] bias level"),
+            "SATURATE": (int(s["saturation_adu"]), "[ADU] saturation level"),
+            "SIM-RA": (exposure.ra_deg, "[deg] TRUE pointing RA (simulation truth)"),
+            "SIM-DEC": (exposure.dec_deg, "[deg] TRUE pointing Dec (simulation truth)"),
+            "SIM-FWHM": (float(s["fwhm_px"]), "[px] simulated PSF FWHM"),
+            "SIM-SEED": (int(s["seed"]), "simulated sky seed"),
+        }
+        header.update(as_fits_header(own))
+        return header
+
+    # -- rendering ----------------------------------------------------------
+
+    def _make_hot_pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([int(self.settings["seed"]), self._name_hash, 1])
+        n = int(round(float(self.settings["hot_pixel_fraction"]) * self.width * self.height))
+        return (rng.integers(0, self.width, n), rng.integers(0, self.height, n),
+                rng.uniform(20.0, 300.0, n))
+
+    def render(self, exptime: float, ra_deg: float, dec_deg: float,
+               image_type: str = "science", noise_seed: int = 0) -> np.ndarray:
+        """The uint16 frame (height x width) an exposure would produce."""
+        s = self.settings
+        is_bias = image_type == "bias"
+        level = 0.0 if is_bias else float(s["dark_e_per_s_per_px"]) * exptime
+        if image_type in _SKY_TYPES:
+            level += float(s["sky_e_per_s_per_px"]) * exptime
+        elif image_type == "flat":
+            level += float(s["flat_e_per_s_per_px"]) * exptime
+        electrons = np.full((self.height, self.width), level, dtype=np.float32)
+        if image_type in _SKY_TYPES and exptime > 0:
+            self._add_stars(electrons, exptime, ra_deg, dec_deg)
+        if not is_bias and exptime > 0:
+            np.add.at(electrons, (self._hot_y, self._hot_x),
+                      (self._hot_rate * exptime).astype(np.float32))
+        return self._digitise(electrons, noise_seed)
+
+    def _add_stars(self, electrons: np.ndarray, exptime: float, ra_deg: float, dec_deg: float) -> None:
+        s = self.settings
+        height, width = electrons.shape
+        scale_deg = self.pixel_scale_arcsec / 3600.0
+        sigma = float(s["fwhm_px"]) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        half = max(2, math.ceil(3.5 * sigma))
+        radius_deg = (math.hypot(width, height) / 2.0 + half + 2) * scale_deg * 1.01
+        ra, dec, mag = self.catalog.stars_near(ra_deg, dec_deg, radius_deg)
+        xi, eta, front = tan_project(ra, dec, ra_deg, dec_deg)
+        x = (width - 1) / 2.0 - xi / scale_deg
+        y = (height - 1) / 2.0 + eta / scale_deg
+        visible = front & (x > -half - 1) & (x < width + half) & (y > -half - 1) & (y < height + half)
+        x, y, mag = x[visible], y[visible], mag[visible]
+        if len(x) == 0:
+            return
+        flux = (10.0 ** (-0.4 * (mag - float(s["zero_point_mag"]))) * exptime).astype(np.float32)
+
+        offsets = np.arange(-half, half + 1)
+        xc, yc = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+        cols = xc[:, None] + offsets                       # (n, S)
+        rows = yc[:, None] + offsets
+        wx = _pixel_gaussian(cols - x[:, None], sigma).astype(np.float32)
+        wy = _pixel_gaussian(rows - y[:, None], sigma).astype(np.float32)
+        stamps = flux[:, None, None] * wy[:, :, None] * wx[:, None, :]   # (n, S, S)
+        rr = np.broadcast_to(rows[:, :, None], stamps.shape)
+        cc = np.broadcast_to(cols[:, None, :], stamps.shape)
+        inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+        np.add.at(electrons.reshape(-1), rr[inside] * width + cc[inside], stamps[inside])
+
+    def _digitise(self, electrons: np.ndarray, noise_seed: int) -> np.ndarray:
+        """Shot and read noise, gain, bias and clipping, in parallel row blocks."""
+        s = self.settings
+        read_var = float(s["read_noise_e"]) ** 2
+        inv_gain = 1.0 / float(s["gain_e_per_adu"])
+        # +0.5 turns the truncating uint16 cast into rounding (values are >= 0).
+        offset = float(s["bias"]) + 0.5
+        top = float(s["saturation_adu"])
+        height = electrons.shape[0]
+        out = np.empty(electrons.shape, dtype=np.uint16)
+        starts = list(range(0, height, _NOISE_BLOCK_ROWS))
+        seeds = np.random.SeedSequence([int(s["seed"]), self._name_hash, int(noise_seed)]).spawn(len(starts))
+
+        def block(i: int) -> None:
+            r0, r1 = starts[i], min(starts[i] + _NOISE_BLOCK_ROWS, height)
+            signal = electrons[r0:r1]
+            noisy = np.random.default_rng(seeds[i]).standard_normal(signal.shape, dtype=np.float32)
+            sd = signal + np.float32(read_var)
+            np.sqrt(sd, out=sd)
+            noisy *= sd
+            noisy += signal
+            noisy *= np.float32(inv_gain)
+            noisy += np.float32(offset)
+            np.clip(noisy, 0.0, top, out=noisy)
+            out[r0:r1] = noisy
+
+        if len(starts) == 1:
+            block(0)
+        else:
+            with ThreadPoolExecutor(max_workers=_NOISE_THREADS) as pool:
+                list(pool.map(block, range(len(starts))))
+        return out
