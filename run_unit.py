@@ -49,7 +49,7 @@ def parse_args(argv=None):
     return args
 
 
-def validate_inputs(config: dict) -> None:
+def validate_inputs(config: dict, start_unix: float) -> None:
     """Everything a night depends on is checked before any process starts."""
     from observatory.scheduler import load_fields
     from observatory.statetable import load_state_table
@@ -58,7 +58,7 @@ def validate_inputs(config: dict) -> None:
     load_state_table(config["states"])
     load_fields(config["scheduler"]["fields_file"])
     if config["weather"]["driver"] == "simulator" and config["weather"]["timeline"]:
-        WeatherTimeline.load(config["weather"]["timeline"], 0.0)
+        WeatherTimeline.load(config["weather"]["timeline"], start_unix)
 
 
 def port_in_use(port: int) -> bool:
@@ -98,11 +98,16 @@ class Unit:
                              "is another unit running? Refusing to attach to it.")
         for sub in ("images", "db", "logs", "run", "reports"):
             (self.pandir / sub).mkdir(parents=True, exist_ok=True)
-        lock = open(self.pandir / "run" / "unit.lock", "w")
+        lock = open(self.pandir / "run" / "unit.lock", "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"{self.pandir}: another run_unit.py holds {self.pandir / 'run' / 'unit.lock'}") from None
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise UsageError(f"{self.pandir}: another run_unit.py (pid {holder}) holds "
+                             f"{self.pandir / 'run' / 'unit.lock'}") from None
+        lock.truncate(0)
         lock.write(str(os.getpid()))
         lock.flush()
 
@@ -110,12 +115,14 @@ class Unit:
         clock = SimClock.starting_now(start, self.args.speed)
         os.environ["THESPLOG_FILE"] = str(self.pandir / "logs" / "thespian-internal.log")
         prepare_actor_host()
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
 
         from actors.supervisor import Supervisor
         self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": port},
                                 logDefs=logs.thespian_log_defs(self.pandir))
+        # Only now: Thespian's admin is forked above and keeps whatever handlers
+        # it inherits, and a flag-setting handler would make it ignore SIGTERM.
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         try:
             sup = self.asys.createActor(Supervisor, globalName="unit")
             self.asys.tell(sup, StartUnit(config=self.config, clock=clock.to_dict(), pandir=str(self.pandir),
@@ -125,7 +132,9 @@ class Unit:
             stopped = self._watch(sup, clock, GetUnitStatus, StopUnit, UnitStarted, UnitStateChanged,
                                   NightComplete, UnitFailed, UnitStopped, pid_alive)
             if not stopped:
-                self.say("the supervisor did not confirm the stop; shutting the actor system down")
+                print("the supervisor did not confirm the stop; shutting the actor system down",
+                      file=sys.stderr, flush=True)
+                self.exit_code = EXIT_FAILED
         finally:
             self._shutdown(pid_alive)
             lock.close()
@@ -163,6 +172,8 @@ class Unit:
                     self.stop_reason = "unit failed"
             elif isinstance(msg, UnitStopped):
                 self.say(f"unit stopped ({'parked' if msg.parked else 'NOT parked'}): {msg.note}")
+                if not msg.parked:
+                    self.exit_code = EXIT_FAILED
                 return True
             # The supervisor has no parent to restart it: watch it ourselves.
             if sup_pid and time.time() - last_check > 1.0:
@@ -200,15 +211,16 @@ def main(argv=None) -> int:
     from simulators.weather import TimelineError
 
     try:
-        config = load_config(args.config)
-        validate_inputs(config)
+        from observatory.clock import parse_iso
+        start_unix = time.time()
         if args.start:
-            from observatory.clock import parse_iso
             try:
-                parse_iso(args.start)
+                start_unix = parse_iso(args.start)
             except ValueError:
                 raise UsageError(f"--start: not an ISO UTC time: {args.start!r} "
                                  "(expected e.g. 2026-11-24T03:00:00)") from None
+        config = load_config(args.config)
+        validate_inputs(config, start_unix)
         pandir = Path(args.pandir or os.environ.get("PANDIR") or Path.home() / "panoptes").expanduser().resolve()
         return Unit(args, config, pandir).run()
     except (ConfigError, StateTableError, FieldsError, TimelineError, UsageError) as e:

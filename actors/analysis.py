@@ -41,6 +41,12 @@ class AnalysisActor(UnitActor):
             except ImageError as e:
                 result = FrameAnalyzed(exposure_id=msg.exposure_id, camera=msg.camera, path=msg.path,
                                        metrics={"error": str(e)}, request_id=msg.request_id)
+            except Exception as e:  # noqa: BLE001 - the worker must outlive any one bad frame
+                import traceback
+                self.log.error("analysis_crashed", path=msg.path, error=repr(e), trace=traceback.format_exc())
+                result = FrameAnalyzed(exposure_id=msg.exposure_id, camera=msg.camera, path=msg.path,
+                                       metrics={"error": f"{msg.path}: analysis failed: {type(e).__name__}: {e}"},
+                                       request_id=msg.request_id)
             self.done.put((result, sender))
 
     def receiveMsg_AnalyzeFrame(self, msg: AnalyzeFrame, sender):
@@ -56,6 +62,8 @@ class AnalysisActor(UnitActor):
             except queue.Empty:
                 break
             self.pending -= 1
+            self.log.info("frame_measured", path=result.path, n_stars=result.metrics.get("n_stars"),
+                          error=result.metrics.get("error"), queued=self.pending)
             self.send(sender, result)
         if self.pending:
             self.wake_in_wall(0.01, "collect")

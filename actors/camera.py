@@ -35,6 +35,7 @@ class CameraActor(UnitActor):
                                    image_type=msg.image_type)
         self.current = (msg, sender)
         start = self.driver.status().get("start_unix") or self.clock.now()
+        self.log.info("exposure_started", exposure_id=msg.exposure_id, exptime=msg.exptime, image_type=msg.image_type)
         self.send(sender, ExposureStarted(camera=self.name, exposure_id=msg.exposure_id, start_unix=start,
                                           request_id=msg.request_id))
         readout = float(self.settings.get("settings", {}).get("readout_time", 5.0))
@@ -44,7 +45,11 @@ class CameraActor(UnitActor):
         if not self.current:
             return
         start_msg, requester = self.current
-        self.driver.abort()
+        if not self.driver.abort():
+            # Too late: the file is being written. It completes normally and is
+            # reported as a frame, so that every file on disk has its record.
+            self.log.info("abort_too_late", exposure_id=start_msg.exposure_id)
+            return
         self.driver.collect()
         self.current = None
         self.log.info("exposure_aborted", exposure_id=start_msg.exposure_id)
@@ -68,6 +73,7 @@ class CameraActor(UnitActor):
             self.send(requester, ExposureAborted(camera=self.name, exposure_id=start_msg.exposure_id,
                                                  request_id=start_msg.request_id))
         else:
+            self.log.info("exposure_complete", exposure_id=start_msg.exposure_id, path=result["path"])
             self.send(requester, ExposureComplete(
                 camera=self.name, exposure_id=start_msg.exposure_id, path=result["path"],
                 image_type=start_msg.image_type, start_unix=result["start_unix"],

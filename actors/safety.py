@@ -13,6 +13,7 @@ class SafetyActor(UnitActor):
     role = "safety"
     KEEPALIVE_SIM_S = 60.0
     KEEPALIVE_WALL_S = 1.0
+    MIN_STALE_WALL_S = 2.0
 
     def setup(self, msg):
         s = self.settings
@@ -51,14 +52,22 @@ class SafetyActor(UnitActor):
     def evaluate(self):
         import time
         now = self.clock.now()
-        weather_safe, reasons = evaluate_weather(self.last_reading, now, self.limits)
+        reading = self.last_reading
+        if reading and self.clock.speed > 1 and reading.get("timestamp") is not None:
+            # A reading's age is simulated time, but delivering it takes wall time:
+            # at high speed a busy machine must not make a live station look dead.
+            wall_age = (now - reading["timestamp"]) / self.clock.speed
+            if wall_age < self.MIN_STALE_WALL_S:
+                reading = dict(reading, timestamp=max(reading["timestamp"], now - self.limits.max_age_s))
+        weather_safe, reasons = evaluate_weather(reading, now, self.limits)
         sun_alt = float(self.ephemeris.sun_alt(now))
         reasons = list(reasons)
         if sun_alt > self.horizon:
             reasons.append(f"sun up (altitude {sun_alt:.1f} > {self.horizon:.1f} deg)")
         safe = weather_safe and sun_alt <= self.horizon
+        # Changed means another verdict or another kind of reason, not new numbers.
         changed = self.last_verdict is None or safe != self.last_verdict.safe or \
-            tuple(reasons) != self.last_verdict.reasons
+            _kinds(reasons) != _kinds(self.last_verdict.reasons)
         verdict = SafetyVerdict(safe=safe, reasons=tuple(reasons), time_unix=now, sun_alt_deg=sun_alt,
                                 weather_safe=weather_safe, changed=changed)
         self.last_verdict = verdict
@@ -69,3 +78,7 @@ class SafetyActor(UnitActor):
                 self.log.info("safety_verdict", safe=safe, reasons=reasons, sun_alt=round(sun_alt, 2))
             self.send(self.supervisor, verdict)
             self.last_sent_sim, self.last_sent_wall = now, wall
+
+
+def _kinds(reasons) -> tuple:
+    return tuple(r.split(" ", 1)[0] for r in reasons)

@@ -136,6 +136,8 @@ class Supervisor(UnitActor):
         self.nights_done = 0
         self.last_status_write = 0.0
         self.failure = None
+        self.give_up = None            # set when a vital device is lost: park, then fail
+        self.verdict_wall = 0.0
         self._new_night(self.clock.now())
 
         self.children: dict[str, Child] = {}
@@ -176,7 +178,7 @@ class Supervisor(UnitActor):
         if not child or msg.request_id != child.init_request:
             return
         child.ready, child.pid = True, msg.pid
-        self.log.info("child_ready", child=child.name, pid=msg.pid, epoch=msg.epoch)
+        self.log.info("child_ready", child=child.name, child_pid=msg.pid, epoch=msg.epoch)
         if child.role == "mount":
             self.mount_status = msg.info.get("status", {})
         if child.epoch > 1:
@@ -224,11 +226,21 @@ class Supervisor(UnitActor):
         self._forget_work_of(child)
         if len(child.restarts) >= sup["max_restarts"]:
             child.failed = True
-            self.event("error", f"{child.name}: restart budget spent ({sup['max_restarts']} restarts in "
-                                f"{sup['restart_period']:.0f} s); device marked failed, parking",
-                       child=child.name, reason=why)
-            if not self.table.is_always_safe(self.state) or self.state == "ready":
-                self.goto("parking", f"{child.name} failed")
+            budget = f"{sup['max_restarts']} restarts in {sup['restart_period']:.0f} s"
+            if self.can_observe():
+                left = len([c for c in self.children.values() if c.role == "camera" and not c.failed])
+                self.event("error", f"{child.name}: restart budget spent ({budget}); device marked failed, "
+                                    f"carrying on with {left} camera(s)", child=child.name, reason=why)
+            else:
+                error = f"{child.name} failed: restart budget spent ({budget}); last cause: {why}"
+                self.event("error", error + "; parking and giving up", child=child.name)
+                self.give_up = error
+                if child.role == "mount":
+                    self._fail(error + "; the mount could NOT be parked")
+                elif self.state in ("parked", "sleeping", "housekeeping"):
+                    self._fail(error)
+                elif self.state != "parking":
+                    self.goto("parking", f"{child.name} failed")
             self.write_status(force=True)
             return
         child.restarts.append(now_wall)
@@ -260,8 +272,6 @@ class Supervisor(UnitActor):
         elif child.role == "analysis":
             for m in self.in_flight_analysis.values():
                 self.send(addr, m)
-        elif child.role == "camera" and self.state == "pointing" and child.name == self.config["primary_camera"]:
-            self._enter_pointing()
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender):
         dead = msg.deadMessage
@@ -350,12 +360,22 @@ class Supervisor(UnitActor):
         self.write_status(force=True)
         getattr(self, f"_enter_{state}")()
 
+    def verdict_stale(self) -> bool:
+        """The safety actor speaks at least every minute (simulated) or second (wall);
+        silence well beyond both means it is hung or gone: not safe."""
+        if not self.verdict:
+            return False
+        sim_age = self.clock.now() - self.verdict.time_unix
+        return sim_age > 4 * self.config["safety"]["check_interval"] + 120 and time.time() - self.verdict_wall > 5
+
     def is_safe(self) -> bool:
-        return bool(self.verdict and self.verdict.safe)
+        return bool(self.verdict and self.verdict.safe and not self.verdict_stale())
 
     def unsafe_reasons(self) -> str:
         if not self.verdict:
             return "no safety verdict yet"
+        if self.verdict_stale():
+            return "no safety verdict for too long"
         return ", ".join(self.verdict.reasons) or "unsafe"
 
     # sleeping: daytime; leave shortly before dark
@@ -405,14 +425,14 @@ class Supervisor(UnitActor):
         self.to_archive(RecordDecision(decision_id=msg.decision_id, time_unix=now, winner=msg.winner,
                                        reason=msg.reason, decision=msg.decision))
         if msg.winner is None:
-            self._close_observation("completed")
+            self._close_observation("switched")
             self.retry_at = now + self.config["observing"]["retry_after_no_target"]
             self.goto("parking", f"no target: {msg.reason}")
             return
         if self.observation and self.observation.name == msg.winner and self.mount_status.get("tracking"):
             self.goto("tracking", msg.reason)
             return
-        self._close_observation("completed")
+        self._close_observation("switched")
         o = msg.observation
         seq_id = f"{headers.safe_name(self.config['name'])[:16]}_{headers.compact_time(now)}"
         self.observation = Observation(id=new_request_id(), name=o["name"], ra_deg=o["ra_deg"],
@@ -427,9 +447,13 @@ class Supervisor(UnitActor):
         self.goto("slewing", msg.reason)
 
     def _close_observation(self, status: str):
+        """status: why it ends ('interrupted', 'switched', ...); a block that
+        reached min_nexp is 'completed' whatever ended it."""
         ob = self.observation
         if ob is None:
             return
+        if ob.frames >= ob.min_nexp:
+            status = "completed"
         self.to_archive(CloseObservation(observation_id=ob.id, end_unix=self.clock.now(), status=status,
                                          exposures=ob.frames))
         self.observation = None
@@ -488,7 +512,7 @@ class Supervisor(UnitActor):
         threshold = self.config["observing"]["drift_threshold_px"]
         if d is not None and math.hypot(d[0], d[1]) > threshold:
             per_px = self.config["observing"]["guide_ms_per_px"]
-            self.send(addr, GuidePulse(ra_ms=-d[0] * per_px, dec_ms=-d[1] * per_px))
+            self._ask(addr, GuidePulse(ra_ms=-d[0] * per_px, dec_ms=-d[1] * per_px), "guide")
             self.event("tracking", f"tracking correction for drift {d[0]:+.1f},{d[1]:+.1f} px",
                        drift_px=list(d[:2]))
             self.last_drift = None
@@ -579,6 +603,10 @@ class Supervisor(UnitActor):
         if late:
             self.event("exposure", f"{msg.camera}: late frame {Path(msg.path).name} recorded",
                        camera=msg.camera, exposure_id=msg.exposure_id)
+        if msg.image_type == "science":
+            # Measured as soon as it exists, while the next exposure runs.
+            primary = msg.camera == self.config["primary_camera"]
+            self._analyze(msg, reference=ob.reference_sources if ob and primary else ())
 
     def receiveMsg_ExposureFailed(self, msg: ExposureFailed, sender):
         self.expect.pop(msg.request_id, None)
@@ -632,13 +660,11 @@ class Supervisor(UnitActor):
         if addr is not None:
             self._ask(addr, msg, "analysis")
 
-    # analyzing: measure every frame (asynchronously); next frame or reschedule
+    # analyzing: every frame went to analysis as it arrived (the figures come back
+    # asynchronously, and drift feeds the next tracking step); count the frame,
+    # then the next exposure or, after a full set, reschedule
     def _enter_analyzing(self):
         ob = self.observation
-        primary = self.config["primary_camera"]
-        for f in self.round_frames:
-            ref = ob.reference_sources if f.camera == primary else ()
-            self._analyze(f, reference=ref)
         if self.round_frames:
             ob.frames += 1
             ob.frame_in_set += 1
@@ -672,9 +698,15 @@ class Supervisor(UnitActor):
     # parking: abort what is exposing, park the mount
     def _enter_parking(self):
         self._abort_round()
+        self._close_observation("interrupted")
+        mount = self.children.get("mount")
+        if mount and mount.failed:
+            if not self.failure:
+                self._fail("the mount has failed and could NOT be parked")
+            return
         addr = self._address("mount")
         if addr is None:
-            return
+            return                        # re-sent when the mount actor is back
         self._mount_command(Park(), "park")
 
     def _abort_round(self):
@@ -686,6 +718,8 @@ class Supervisor(UnitActor):
 
     # parked: wait for safety (ready) or the end of the night (housekeeping)
     def _enter_parked(self):
+        if self.give_up and not self.failure:
+            self._fail(self.give_up)
         if self.stopping:
             self._finish_stop(parked=True)
 
@@ -699,7 +733,16 @@ class Supervisor(UnitActor):
 
     # housekeeping: the night's summary, then back to sleep
     def _enter_housekeeping(self):
-        self._close_observation("completed")
+        self._close_observation("interrupted")
+        self.housekeeping_started_wall = time.time()
+        self._tick_housekeeping(self.clock.now())
+
+    def _tick_housekeeping(self, now):
+        if "summary" in self.expect.values():
+            return
+        # The summary includes every frame's figures: let analysis finish first.
+        if self.in_flight_analysis and time.time() - self.housekeeping_started_wall < 60:
+            return
         stats = {"dark_seconds": self.dark_seconds, "safe_seconds": self.safe_seconds,
                  "restarts": dict(self.night_restarts), "unsafe_periods": self.unsafe_periods}
         end = self.clock.now()
@@ -737,6 +780,7 @@ class Supervisor(UnitActor):
     def receiveMsg_SafetyVerdict(self, msg: SafetyVerdict, sender):
         previous = self.verdict
         self.verdict = msg
+        self.verdict_wall = time.time()
         if not msg.weather_safe:
             self.last_unsafe_sim = msg.time_unix
         if previous is None or previous.safe != msg.safe:
@@ -760,6 +804,9 @@ class Supervisor(UnitActor):
             self.deadline = None
             self._deadline_passed(what)
         self._check_owner()
+        if self.verdict_stale() and not self.table.is_always_safe(self.state):
+            self.event("error", "safety verdicts stopped coming: parking")
+            self.goto("parking", "safety silent")
         handler = getattr(self, f"_tick_{self.state}", None)
         if handler and not self.failure:
             handler(now)
@@ -812,12 +859,19 @@ class Supervisor(UnitActor):
         self.event("error", f"timed out waiting for {what} in state {self.state}", state=self.state)
         if self.state == "parking":
             self._mount_command(Park(), "park")             # parking is idempotent: ask again
+        elif self.state == "pointing" and not self.round:
+            self._ask_purpose_for_pointing = None
+            self.goto("tracking", "no pointing analysis in time; observing without a reference")
         elif self.state in ("observing", "pointing"):
             for cam in list(self.round):
                 self.event("error", f"{cam}: no frame within the deadline; dropped from this round", camera=cam)
             self._abort_round()
             self._round_progress()
         elif self.state == "housekeeping":
+            self.expect = {k: v for k, v in self.expect.items() if v != "summary"}
+            self.nights_done += 1
+            self.send(self.owner, NightComplete(night=self.night_date, summary_path="", nights_done=self.nights_done,
+                                                summary={"night": self.night_date, "error": "summary timed out"}))
             self._new_night(self.clock.now())
             self.goto("sleeping", "summary timed out")
         elif not self.table.is_always_safe(self.state):

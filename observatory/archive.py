@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     reason     TEXT NOT NULL,
     data       TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending_metrics (
+    exposure_id TEXT PRIMARY KEY,
+    metrics     TEXT NOT NULL,
+    drift       TEXT
+);
 CREATE INDEX IF NOT EXISTS events_time ON events(time_unix);
 CREATE INDEX IF NOT EXISTS exposures_obs ON exposures(observation_id);
 """
@@ -109,8 +114,20 @@ class Archive:
             " start_unix, exptime, ra_deg, dec_deg, set_index, frame_index) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (m.exposure_id, m.observation_id, m.camera, m.image_type, m.path, iso(m.start_unix),
              iso(m.end_unix), m.start_unix, m.exptime, m.ra_deg, m.dec_deg, m.set_index, m.frame_index))
+        waiting = self.db.execute("SELECT metrics, drift FROM pending_metrics WHERE exposure_id=?",
+                                  (m.exposure_id,)).fetchone()
+        if waiting:
+            self.db.execute("DELETE FROM pending_metrics WHERE exposure_id=?", (m.exposure_id,))
+            self.record_metrics(m.exposure_id, json.loads(waiting[0]), json.loads(waiting[1]) if waiting[1] else None)
 
     def record_metrics(self, exposure_id: str, metrics: dict, drift_px) -> None:
+        """Thespian does not promise ordering: metrics may arrive before their
+        exposure's row, so they wait in pending_metrics until it does."""
+        if not self.db.execute("SELECT 1 FROM exposures WHERE id=?", (exposure_id,)).fetchone():
+            self.db.execute("INSERT OR REPLACE INTO pending_metrics(exposure_id, metrics, drift) VALUES (?,?,?)",
+                            (exposure_id, json.dumps(metrics, default=str),
+                             json.dumps(list(drift_px)) if drift_px else None))
+            return
         dx, dy = (drift_px[0], drift_px[1]) if drift_px else (None, None)
         self.db.execute(
             "UPDATE exposures SET background=?, background_rms=?, n_stars=?, fwhm_px=?, ellipticity=?,"

@@ -65,7 +65,8 @@ class RunningUnit:
     # -- reading what the unit writes --------------------------------------
 
     def output(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.log_path.read_text()
 
     def status(self) -> dict:
@@ -111,7 +112,8 @@ class RunningUnit:
         try:
             return self.proc.wait(timeout)
         finally:
-            self._out.flush()
+            if not self._out.closed:
+                self._out.flush()
 
     def terminate(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
