@@ -41,6 +41,7 @@ class MountActor(UnitActor):
         self.wake_in_sim(expected_s, "arrival", msg.request_id)
 
     def receiveMsg_SlewTo(self, msg: SlewTo, sender):
+        self.driver.check_target(msg.ra_deg, msg.dec_deg)    # a refused target leaves the mount parked
         if self.driver.status().get("parked"):
             self.driver.unpark()
         self._start("slew", self.driver.slew_to(msg.ra_deg, msg.dec_deg), msg, sender)

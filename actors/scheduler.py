@@ -20,7 +20,7 @@ class SchedulerActor(UnitActor):
         ephemeris = Ephemeris(Site(self.site["name"], self.site["latitude"], self.site["longitude"],
                                    self.site["elevation"]))
         observations = load_fields(self.fields_file)     # a broken file at start-up is fatal
-        self.fields_mtime = os.stat(self.fields_file).st_mtime
+        self.fields_mtime = os.stat(self.fields_file).st_mtime_ns
         self.fields_error = None
         self.scheduler = Scheduler(observations, ephemeris, min_altitude_deg=self.site["min_altitude"],
                                    moon_separation_deg=s["moon_separation"],
@@ -33,7 +33,7 @@ class SchedulerActor(UnitActor):
 
     def _reload_if_changed(self):
         try:
-            mtime = os.stat(self.fields_file).st_mtime
+            mtime = os.stat(self.fields_file).st_mtime_ns
         except OSError as e:
             self.fields_error = f"{self.fields_file}: {e.strerror}; keeping the last good list"
             return

@@ -105,6 +105,10 @@ class Supervisor(UnitActor):
         self.log = logs.configure(self.pandir, "unit")
         self.nights_limit = msg.nights
         self.owner_pid = msg.owner_pid
+        try:
+            self.owner_pgid = os.getpgid(msg.owner_pid) if msg.owner_pid else None
+        except ProcessLookupError:
+            self.owner_pgid = None
         self.orphaned_since = None
         self.last_owner_check = 0.0
         loc = self.config["location"]
@@ -831,9 +835,18 @@ class Supervisor(UnitActor):
                 self.goto("parking", "service process gone")
         if self.state == "parked" or time.time() - self.orphaned_since > 120:
             import signal
-            # Our parent is Thespian's admin; the actors below us exit with their parents.
-            os.kill(os.getppid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
+            # Thespian's admin put itself, its logger and every actor in one process
+            # group of their own: end that group, gently first.
+            self.event("unit", "ending the actor system (its owner is gone)")
+            self.write_status(force=True)
+            group = os.getpgrp()
+            if group != self.owner_pgid:
+                os.killpg(group, signal.SIGTERM)
+                time.sleep(3)
+                os.killpg(group, signal.SIGKILL)
+            else:   # sharing a group with others: end only the admin and ourselves
+                os.kill(os.getppid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def _integrate(self, now):
         dt = now - self.last_integrated

@@ -24,7 +24,15 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML 'yes' must not become latitude 1.0, nor "3" a slew rate.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _text_keys(v: dict) -> dict:
+    bad = [k for k in v if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"setting names must be text, got {bad[0]!r}")
+    return v
 
 
 class LocationConfig(_Section):
@@ -47,18 +55,20 @@ class MountConfig(_Section):
 
     @field_validator("settings")
     @classmethod
-    def _positive_rates(cls, v: dict) -> dict:
-        for key in ("slew_rate_deg_s", "settle_time_s"):
-            if key in v and not (isinstance(v[key], (int, float)) and v[key] >= 0):
-                raise ValueError(f"{key} must be a number >= 0, got {v[key]!r}")
-        return v
+    def _settings(cls, v: dict) -> dict:
+        return _text_keys(v)
 
 
 class CameraConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
     driver: Literal["simulator"] = "simulator"
     primary: bool = False
     settings: dict = Field(default_factory=dict)
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, v: dict) -> dict:
+        return _text_keys(v)
 
 
 class WeatherConfig(_Section):
@@ -142,6 +152,28 @@ def _format_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _check_driver_settings(source: str, cfg: UnitConfig) -> None:
+    """Each driver refuses unknown or bad settings; ask it now, before any
+    process starts, rather than when its actor initialises."""
+    from observatory.clock import SimClock
+    clock = SimClock.starting_now()
+    checks = []
+    if cfg.mount.driver == "simulator":
+        from simulators.mount import SimulatedMount
+        checks.append(("mount.settings", lambda: SimulatedMount(
+            dict(cfg.mount.settings), clock, cfg.location.latitude, cfg.location.longitude)))
+    for i, cam in enumerate(cfg.cameras):
+        if cam.driver == "simulator":
+            from simulators.camera import SimulatedCamera
+            checks.append((f"cameras.{i}.settings", lambda cam=cam: SimulatedCamera(
+                cam.name, dict(cam.settings), clock)))
+    for key, make in checks:
+        try:
+            make()
+        except Exception as e:  # noqa: BLE001 - drivers raise their own error types
+            raise ConfigError(f"{source}: {key}: {e}") from None
+
+
 def load_config(path: str | os.PathLike) -> dict:
     """Read and validate a unit configuration file.
 
@@ -181,6 +213,7 @@ def load_config(path: str | os.PathLike) -> dict:
                    ("weather.timeline", data["weather"]["timeline"])):
         if p is not None and not Path(p).is_file():
             raise ConfigError(f"{path}: {key}: file not found: {p}")
+    _check_driver_settings(str(path), cfg)
     data["primary_camera"] = cfg.primary_camera
     data["config_file"] = str(path.resolve())
     data["config_hash"] = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -10,7 +10,8 @@ from observatory.clock import iso
 
 
 def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "unnamed"
+    # Dots stay inside names (HD 189733.01) but never lead: '.' and '..' are directories.
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_.") or "unnamed"
 
 
 def compact_time(unix: float) -> str:

@@ -63,7 +63,7 @@ def load_state_table(path: str | Path) -> StateTable:
         bad = set(opts) - {"always_safe", "description"}
         if bad:
             raise StateTableError(f"{where}: states.{name}.{sorted(bad)[0]}: unknown option")
-        if opts.get("always_safe", False) not in (True, False):
+        if not isinstance(opts.get("always_safe", False), bool):
             raise StateTableError(f"{where}: states.{name}.always_safe: must be true or false")
         if opts.get("always_safe"):
             always_safe.add(name)

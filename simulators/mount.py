@@ -302,23 +302,29 @@ class SimulatedMount:
         if seg.state == "parked":
             self._commit(replace(seg, state="stopped", t0=now))
 
-    def slew_to(self, ra_deg: float, dec_deg: float) -> float:
-        """Start a slew to a sky position; returns the expected duration in
-        simulated seconds (including settling). Tracking starts on arrival."""
+    def check_target(self, ra_deg: float, dec_deg: float) -> tuple[float, float]:
+        """Raise MountError if a slew to this position would be refused now
+        (whatever the park state); returns the normalised (ra, dec)."""
         ra_deg, dec_deg = float(ra_deg), float(dec_deg)
         if not (math.isfinite(ra_deg) and math.isfinite(dec_deg)) or not -90.0 <= dec_deg <= 90.0:
             raise MountError(f"invalid target RA {ra_deg} Dec {dec_deg} (Dec must be within [-90, 90])")
         ra_deg %= 360.0
+        alt, _ = alt_az(self._lst(self._clock.now()) - ra_deg, dec_deg, self.latitude_deg)
+        limit = self.settings["altitude_limit_deg"]
+        if alt < limit:
+            raise MountError(f"target RA {ra_deg:.3f} Dec {dec_deg:+.3f} is at altitude {alt:.1f} deg, "
+                             f"below the limit of {limit:.1f} deg")
+        return ra_deg, dec_deg
+
+    def slew_to(self, ra_deg: float, dec_deg: float) -> float:
+        """Start a slew to a sky position; returns the expected duration in
+        simulated seconds (including settling). Tracking starts on arrival."""
+        ra_deg, dec_deg = self.check_target(ra_deg, dec_deg)
         now = self._clock.now()
         seg = self._segment.resolved(now)
         if seg.state in ("parked", "parking"):
             raise MountError(f"cannot slew to RA {ra_deg:.3f} Dec {dec_deg:+.3f}: mount is {seg.state}"
                              + ("; unpark() first" if seg.state == "parked" else ""))
-        alt, _ = alt_az(self._lst(now) - ra_deg, dec_deg, self.latitude_deg)
-        limit = self.settings["altitude_limit_deg"]
-        if alt < limit:
-            raise MountError(f"target RA {ra_deg:.3f} Dec {dec_deg:+.3f} is at altitude {alt:.1f} deg, "
-                             f"below the limit of {limit:.1f} deg")
         ra_now, dec_now, _ = self._position(seg, now)
         motion = _Segment("slewing", now, ra_now, dec_now,
                           delta_lon_deg=_wrap180(ra_deg - ra_now),

@@ -360,10 +360,6 @@ def test_mount_refuses_a_target_below_the_horizon(asys, tmp_path):
     assert status.status["slew_remaining_s"] == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG actors/mount.py MountActor.receiveMsg_SlewTo: the mount is unparked before the target is "
-    "checked, so a refused slew (target below the altitude limit) still leaves the mount unparked "
-    "('stopped' at the park position) although the command failed"))
 def test_mount_refused_slew_leaves_the_mount_parked(asys, tmp_path):
     addr, _ = start_actor(asys, MountActor, "mount", "mount", {"driver": "simulator", "settings": {}}, tmp_path)
     ra = (lst_deg(NIGHT, SITE["longitude"]) + 180.0) % 360.0

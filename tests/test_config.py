@@ -267,10 +267,6 @@ def test_config_error_is_a_value_error():
 # Checks that load_config does not make (reported as bugs)
 # --------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG observatory/config.py MountConfig._positive_rates: slew_rate_deg_s is checked '>= 0' "
-    "(so 0 passes, contrary to the module docstring 'must be greater than 0'); the simulated mount "
-    "then refuses it and the mount actor fails to initialise at run time instead of at start-up"))
 def test_zero_slew_rate_is_refused(tmp_path):
     cfg = shipped()
     cfg["mount"]["settings"]["slew_rate_deg_s"] = 0
@@ -279,11 +275,6 @@ def test_zero_slew_rate_is_refused(tmp_path):
     assert "mount.settings" in text and "slew_rate_deg_s" in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LIMITATION (documented in docs/configuration.md, but contrary to run_unit.py validate_inputs' "
-    "'everything a night depends on is checked before any process starts'): MountConfig/CameraConfig "
-    ".settings are free dicts, so a typo in mount.settings or cameras[].settings passes start-up "
-    "validation and is refused only inside the actor (InitializationFailed, restarts, exit status 1)"))
 @pytest.mark.parametrize("where", ["mount", "camera"])
 def test_unknown_driver_setting_is_refused_at_start(tmp_path, where):
     cfg = shipped()
@@ -296,9 +287,6 @@ def test_unknown_driver_setting_is_refused_at_start(tmp_path, where):
     assert "slew_rate" in text or "widht" in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG observatory/config.py: number fields use pydantic's lax mode, so a boolean "
-    "(YAML 'yes'/'on'/'true') is silently taken as 1.0 (e.g. location.latitude: yes -> 1 deg)"))
 def test_boolean_is_not_a_latitude(tmp_path):
     text = UNIT_YAML.read_text().replace("latitude: 19.54", "latitude: yes")
     path = write(tmp_path, text)
@@ -309,10 +297,6 @@ def test_boolean_is_not_a_latitude(tmp_path):
     assert "location.latitude" in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG observatory/config.py load_config (config_hash line): json.dumps(raw, sort_keys=True) raises "
-    "TypeError when a free-form settings mapping mixes number and text keys (e.g. mount.settings "
-    "{1: 2, slew_rate_deg_s: 3}); the TypeError escapes as a traceback (run_unit.py exits 1, not 2)"))
 def test_non_text_key_in_settings_is_a_config_error(tmp_path):
     path = write(tmp_path, "mount:\n  settings: {1: 2, slew_rate_deg_s: 3.0}\n"
                            f"states: {ROOT / 'conf' / 'states.yaml'}\n"

@@ -121,10 +121,36 @@ class RunningUnit:
         return self.wait(timeout)
 
     def kill(self) -> None:
+        """Stop the unit whatever state it is in: a graceful SIGTERM first, then
+        SIGKILL for every process of this unit (Thespian's admin and the actors
+        live in a session of their own, so a process group kill would miss them)."""
         if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        marker = str(self.pandir)
+        for pid in own_processes(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.proc.wait(10)
-        self._out.close()
+        if not self._out.closed:
+            self._out.close()
+
+
+def own_processes(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (actors are forks of
+    run_unit.py and keep its command line)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
