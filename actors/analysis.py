@@ -14,7 +14,8 @@ class AnalysisActor(UnitActor):
     role = "analysis"
 
     def setup(self, msg):
-        self.todo: queue.Queue = queue.Queue()
+        self.todo: queue.PriorityQueue = queue.PriorityQueue()
+        self.sequence = 0
         self.done: queue.Queue = queue.Queue()
         self.pending = 0
         self.worker = threading.Thread(target=self._work, daemon=True, name="analysis")
@@ -26,7 +27,7 @@ class AnalysisActor(UnitActor):
 
     def _work(self):
         while True:
-            item = self.todo.get()
+            _, _, item = self.todo.get()
             if item is None:
                 return
             msg, sender = item
@@ -50,7 +51,9 @@ class AnalysisActor(UnitActor):
             self.done.put((result, sender))
 
     def receiveMsg_AnalyzeFrame(self, msg: AnalyzeFrame, sender):
-        self.todo.put((msg, sender))
+        # Urgent frames (the sequence waits for them) overtake queued science frames.
+        self.sequence += 1
+        self.todo.put((0 if msg.urgent else 1, self.sequence, (msg, sender)))
         self.pending += 1
         if self.pending == 1:
             self.wake_in_wall(0.005, "collect")
@@ -70,4 +73,4 @@ class AnalysisActor(UnitActor):
 
     def teardown(self):
         if getattr(self, "todo", None):
-            self.todo.put(None)
+            self.todo.put((-1, 0, None))

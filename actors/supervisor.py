@@ -658,7 +658,8 @@ class Supervisor(UnitActor):
             self.goto("analyzing", f"{len(self.round_frames)} frame(s)")
 
     def _analyze(self, f: ExposureComplete, reference: tuple):
-        msg = AnalyzeFrame(exposure_id=f.exposure_id, camera=f.camera, path=f.path, reference_sources=reference)
+        msg = AnalyzeFrame(exposure_id=f.exposure_id, camera=f.camera, path=f.path, reference_sources=reference,
+                           urgent=f.image_type == "pointing")
         self.in_flight_analysis[f.exposure_id] = msg
         addr = self._address("analysis")
         if addr is not None:

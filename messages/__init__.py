@@ -227,6 +227,7 @@ class AnalyzeFrame(Message):
     camera: str
     path: str
     reference_sources: tuple = ()     # (x, y, flux) of the pointing frame, for drift
+    urgent: bool = False              # the sequence waits for it (pointing): goes before the queue
 
 
 @dataclass(frozen=True)
