@@ -35,7 +35,7 @@ from messages import (AbortExposure, AnalyzeFrame, CloseObservation, CommandFail
                       SlewTo, StartExposure, StartUnit, StopUnit, Tick, UnitFailed, UnitStarted,
                       UnitStateChanged, UnitStatus, UnitStopped, WriteNightSummary, new_request_id)
 from observatory import headers
-from observatory.astro import Ephemeris, Site, altaz
+from observatory.astro import Ephemeris, Site
 from observatory.clock import SimClock, iso
 from observatory.statetable import load_state_table
 

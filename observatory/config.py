@@ -49,7 +49,8 @@ class ActorSystemConfig(_Section):
     admin_port: int = Field(19500, ge=1024, le=65535)
 
 
-class MountConfig(_Section):
+class _DeviceConfig(_Section):
+    """A device: which driver, and the driver's own settings (checked by the driver)."""
     driver: Literal["simulator"] = "simulator"
     settings: dict = Field(default_factory=dict)
 
@@ -59,16 +60,13 @@ class MountConfig(_Section):
         return _text_keys(v)
 
 
-class CameraConfig(_Section):
+class MountConfig(_DeviceConfig):
+    pass
+
+
+class CameraConfig(_DeviceConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
-    driver: Literal["simulator"] = "simulator"
     primary: bool = False
-    settings: dict = Field(default_factory=dict)
-
-    @field_validator("settings")
-    @classmethod
-    def _settings(cls, v: dict) -> dict:
-        return _text_keys(v)
 
 
 class WeatherConfig(_Section):

@@ -11,6 +11,28 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+class FakeWall:
+    """Stands in for the ``time`` module inside observatory.clock only, so a
+    test moves simulated time by hand (``wall.t += 60``)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def time(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def wall(monkeypatch):
+    from observatory import clock as clock_module
+    fake = FakeWall()
+    monkeypatch.setattr(clock_module, "time", fake)
+    return fake
+
+
 def _processes() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) for every live, non-zombie process."""
     procs = {}

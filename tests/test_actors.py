@@ -14,7 +14,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from astropy.io import fits

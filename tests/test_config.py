@@ -2,7 +2,6 @@
 the file and the key; run_unit.py refusing bad input with exit status 2."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

@@ -12,7 +12,6 @@ import pytest
 # The repository root is not installed in the venv; make its packages importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import observatory.clock as clock_module  # noqa: E402
 from observatory.clock import SimClock, parse_iso  # noqa: E402
 from simulators.mount import (  # noqa: E402
     SIDEREAL_RATE_DEG_S, MountError, SimulatedMount, alt_az, gmst_deg, local_sidereal_deg)
@@ -20,26 +19,6 @@ from simulators.mount import (  # noqa: E402
 START = parse_iso("2026-11-24T03:00:00")  # 17:00 local at Mauna Loa
 LAT, LON = 19.536, -155.576
 ARCSEC = 1.0 / 3600.0
-
-
-class FakeWall:
-    """Stands in for the ``time`` module inside observatory.clock only."""
-
-    def __init__(self):
-        self.t = 0.0
-
-    def time(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
-@pytest.fixture
-def wall(monkeypatch):
-    fake = FakeWall()
-    monkeypatch.setattr(clock_module, "time", fake)
-    return fake
 
 
 @pytest.fixture

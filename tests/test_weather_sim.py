@@ -10,7 +10,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import observatory.clock as clock_module  # noqa: E402
 from observatory.clock import SimClock, parse_iso  # noqa: E402
 from observatory.weather_rules import WeatherLimits, evaluate_weather  # noqa: E402
 from simulators.weather import (  # noqa: E402
@@ -18,24 +17,6 @@ from simulators.weather import (  # noqa: E402
 
 START = parse_iso("2026-11-24T03:00:00")
 EXPECTED_NAMES = "clear, cloudy, very_cloudy, windy, rain, offline"
-
-
-class FakeWall:
-    def __init__(self):
-        self.t = 0.0
-
-    def time(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
-@pytest.fixture
-def wall(monkeypatch):
-    fake = FakeWall()
-    monkeypatch.setattr(clock_module, "time", fake)
-    return fake
 
 
 @pytest.fixture
