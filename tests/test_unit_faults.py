@@ -80,3 +80,36 @@ def test_weather_turning_unsafe_mid_exposure_parks_within_a_second(tmp_path):
         assert unit.terminate() == 0
     finally:
         unit.kill()
+
+
+def test_restart_budget_spent_escalates_to_parking_and_a_clear_error(tmp_path):
+    unit = RunningUnit(tmp_path, start=DARK_START, speed=300,
+                       overrides={"supervision.max_restarts": 1, "supervision.restart_period": 600.0})
+
+    def kill_until_failed(camera):
+        for _ in range(2):
+            pid = unit.wait_for(lambda: next((a["pid"] for a in unit.status().get("actors", [])
+                                              if a["name"] == camera and a["ready"]), None),
+                                30, f"{camera} ready")
+            os.kill(pid, signal.SIGKILL)
+            unit.wait_for(lambda: unit.actor_pid(camera) != pid or next(
+                a["failed"] for a in unit.status()["actors"] if a["name"] == camera), 30, f"{camera} replaced")
+
+    try:
+        unit.wait_for(lambda: science_count(unit, "cam00") >= 1, 90, "a first science frame")
+        kill_until_failed("cam01")
+        spent = unit.wait_for(lambda: unit.query(
+            "SELECT message FROM events WHERE message LIKE 'cam01: restart budget spent%'"), 30, "cam01 failed")
+        assert "carrying on with 1 camera(s)" in spent[0][0]
+        before = science_count(unit, "cam00")
+        unit.wait_for(lambda: science_count(unit, "cam00") > before, 60, "observing on with cam00 alone")
+
+        kill_until_failed("cam00")
+        rc = unit.wait(60)
+        assert rc == 1, unit.output()[-2000:]
+        out = unit.output()
+        assert "unit failed: cam00 failed: restart budget spent" in out
+        assert "unit stopped (parked)" in out
+        assert unit.status()["mount"]["parked"] is True
+    finally:
+        unit.kill()
