@@ -62,7 +62,7 @@ class CameraActor(UnitActor):
         start_msg, requester = self.current
         result = self.driver.collect()
         if result is None:
-            self.wake_in_sim(0.5, "poll", tick.token, min_wall=0.005, max_wall=0.05)
+            self.wake_in_sim(0.5, "poll", tick.token, min_wall=0.002, max_wall=0.05)
             return
         self.current = None
         if "error" in result:

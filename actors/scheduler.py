@@ -26,6 +26,8 @@ class SchedulerActor(UnitActor):
                                    moon_separation_deg=s["moon_separation"],
                                    observe_horizon_deg=self.site["observe_horizon"], hysteresis=s["hysteresis"])
         self.by_name = {o.name: o for o in observations}
+        # Build tonight's ephemeris now, during start-up, not at the first decision at dusk.
+        self.scheduler.decide(self.clock.now())
         return {"fields": len(observations)}
 
     def device_status(self):

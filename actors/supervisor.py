@@ -361,7 +361,9 @@ class Supervisor(UnitActor):
         self.event("state", line, state=state, previous=previous, target=target)
         self.send(self.owner, UnitStateChanged(state=state, previous=previous, time_unix=self.state_since,
                                                target=target, note=note))
-        self.write_status(force=True)
+        # The frame loop changes state three times a frame; status.json follows it
+        # at most twice a second (the tick writes it), every other change at once.
+        self.write_status(force=state not in ("tracking", "observing", "analyzing"))
         getattr(self, f"_enter_{state}")()
 
     def verdict_stale(self) -> bool:

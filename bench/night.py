@@ -32,6 +32,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def frame_gaps(db_path: Path) -> float | None:
+    import sqlite3
+    import statistics
+    con = sqlite3.connect(db_path)
+    rows = con.execute("SELECT observation_id, camera, start_unix, exptime FROM exposures"
+                       " WHERE image_type='science' ORDER BY camera, start_unix").fetchall()
+    con.close()
+    gaps = [b[2] - (a[2] + a[3]) for a, b in zip(rows, rows[1:]) if a[0] == b[0] and a[1] == b[1]]
+    return statistics.median(gaps) if gaps else None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--speed", type=float, default=600.0)
@@ -65,6 +76,7 @@ def main() -> int:
             print(json.dumps({"ok": False, "exit_status": run.returncode, "wall_seconds": round(wall, 1)}))
             return 1
         summary = json.loads(summaries[0].read_text())
+        gaps = frame_gaps(tmp / "pandir" / "db" / "unit.sqlite")
 
     cams = cfg.get("cameras") or [{}]
     readout = max(float(c.get("settings", {}).get("readout_time", 5.0)) for c in cams)
@@ -83,6 +95,11 @@ def main() -> int:
         "dark_seconds": summary["dark_seconds"],
         "science_frames_per_camera": science,
         "targets": len(summary["targets"]),
+        # Dead time between consecutive frames of one observation: readout plus
+        # our overhead. At high speed the overhead is wall time (messages,
+        # rendering, analysis on 2 cores) stretched by the speed factor.
+        "median_gap_between_frames_s": round(gaps, 2) if gaps is not None else None,
+        "median_overhead_wall_ms": round((gaps - readout) / args.speed * 1000, 1) if gaps is not None else None,
         "restarts": summary["restarts"],
     }
     print(json.dumps(result))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field as dataclass_field
+from datetime import date, datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,8 +22,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import yaml
 
-from observatory.astro import Ephemeris, altaz, angular_separation_deg
-from observatory.clock import iso
+from observatory.astro import Ephemeris, altaz, angular_separation_deg, lst_deg, precess_from_j2000
+from observatory.clock import iso, parse_iso
 
 
 # --------------------------------------------------------------------------
@@ -55,9 +56,16 @@ class Observation:
     exp_set_size: int = 10
     tags: tuple[str, ...] = ()
     filter_name: str | None = None
+    #: ((start_unix, end_unix), ...): when set, a set must fit inside one of them.
+    time_windows: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self):
         problems = _value_problems(self.priority, self.exptime, self.min_nexp, self.exp_set_size)
+        windows = tuple((float(a), float(b)) for a, b in self.time_windows)
+        object.__setattr__(self, "time_windows", windows)
+        for a, b in windows:
+            if not (math.isfinite(a) and math.isfinite(b) and a < b):
+                problems.append(f"time window [{a}, {b}] must have start < end")
         if problems:
             raise ValueError(f"observation {self.name!r}: " + "; ".join(problems))
 
@@ -210,7 +218,55 @@ def _parse_entry(entry: Any) -> tuple[list[str], dict]:
         problems.append(f"tags must be a list of words, got {tags!r}")
     if obs.get("filter_name") is not None:
         out["filter_name"] = str(obs["filter_name"])
+    constraints = obs.get("constraints")
+    # POCS writes constraints as a list of named constraints; only the mapping
+    # form carries time windows (a list is accepted and ignored, as before).
+    if isinstance(constraints, Mapping) and constraints.get("time_windows") is not None:
+        window_problems, windows = _parse_time_windows(constraints["time_windows"])
+        problems.extend(window_problems)
+        if not window_problems:
+            out["time_windows"] = windows
+    elif constraints is not None and not isinstance(constraints, (Mapping, list)):
+        problems.append(f"constraints must be a mapping, got a {_type_name(constraints)}")
     return problems, out
+
+
+def _parse_time_windows(value: Any) -> tuple[list[str], tuple[tuple[float, float], ...]]:
+    """(problems, windows) from ``[[start_iso, end_iso], ...]`` (naive times are UTC)."""
+    if not isinstance(value, list) or not value:
+        return [f"time_windows must be a non-empty list of [start, end] pairs, got {value!r}"], ()
+    problems: list[str] = []
+    windows = []
+    for k, pair in enumerate(value, start=1):
+        if not isinstance(pair, list) or len(pair) != 2:
+            problems.append(f"time window {k} must be a [start, end] pair of ISO times, got {pair!r}")
+            continue
+        try:
+            start, end = (_unix_time(x) for x in pair)
+        except ValueError as exc:
+            problems.append(f"time window {k}: {exc}")
+            continue
+        if not start < end:
+            problems.append(f"time window {k}: start {iso(start)[:19]} is not before end {iso(end)[:19]}")
+            continue
+        windows.append((start, end))
+    return problems, tuple(windows)
+
+
+def _unix_time(value: Any) -> float:
+    """Unix seconds from an ISO string or a YAML timestamp (naive means UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+    if isinstance(value, str):
+        try:
+            return parse_iso(value)
+        except ValueError:
+            pass
+    raise ValueError(f"cannot read {value!r} as an ISO time (e.g. 2026-11-24T06:00:00)")
 
 
 _UNIT_MARKS = re.compile(r"[hdms°'\"]|deg|rad", re.IGNORECASE)
@@ -303,7 +359,12 @@ def _type_name(value: Any) -> str:
 # --------------------------------------------------------------------------
 
 #: Veto names, in the order they are reported.
-VETOES = ("sun_up", "below_horizon", "moon", "done", "night_ends")
+VETOES = ("sun_up", "below_horizon", "moon", "time_window", "meridian", "done", "night_ends")
+_ROW = {name: k for k, name in enumerate(VETOES)}
+
+MERIDIAN_POLICIES = ("penalise", "veto", "ignore")
+#: Sidereal rate of hour angle, degrees per second.
+_HA_RATE_DEG_S = 360.0 / 86164.0905
 
 
 @dataclass(frozen=True)
@@ -312,14 +373,16 @@ class Candidate:
     merit: float  # 0 when vetoed
     altitude_deg: float
     vetoes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # explanations that are not vetoes (meridian flip, obstruction)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "merit": self.merit, "altitude_deg": self.altitude_deg,
-                "vetoes": list(self.vetoes)}
+                "vetoes": list(self.vetoes), "notes": list(self.notes)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Candidate":
-        return cls(d["name"], float(d["merit"]), float(d["altitude_deg"]), tuple(d.get("vetoes", ())))
+        return cls(d["name"], float(d["merit"]), float(d["altitude_deg"]), tuple(d.get("vetoes", ())),
+                   tuple(d.get("notes", ())))
 
 
 @dataclass(frozen=True)
@@ -342,39 +405,78 @@ class Decision:
         return next((c for c in self.candidates if c.name == name), None)
 
 
+def _horizon_table(horizon) -> tuple[np.ndarray, np.ndarray] | None:
+    """(azimuths, altitudes) sorted in [0, 360) for ``np.interp(..., period=360)``."""
+    if horizon is None:
+        return None
+    points = np.asarray(horizon, dtype=float)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
+        raise ValueError(f"horizon must be a list of (azimuth_deg, altitude_deg) points, got {horizon!r}")
+    if not np.isfinite(points).all():
+        raise ValueError("horizon points must be finite numbers")
+    if (np.abs(points[:, 1]) > 90).any():
+        raise ValueError("horizon altitudes must be within [-90, 90] degrees")
+    az = np.mod(points[:, 0], 360.0)
+    if len(np.unique(az)) != len(az):
+        raise ValueError("horizon azimuths must be distinct (modulo 360)")
+    order = np.argsort(az)
+    return az[order], points[order, 1]
+
+
 class Scheduler:
     """Greedy dispatch: at each call, the best field observable right now.
 
     A field is vetoed when
 
     * ``sun_up``: the sun is above ``observe_horizon_deg``;
-    * ``below_horizon``: it is below ``min_altitude_deg`` now, or will be at
+    * ``below_horizon``: it is below the altitude limit now, or will be at
       the end of one exposure set (``exptime * exp_set_size +
-      set_overhead_s`` from now);
+      set_overhead_s`` from now). The limit is ``min_altitude_deg`` or, where
+      higher, the ``horizon`` line: (azimuth, altitude) points for trees,
+      buildings and domes, linearly interpolated in azimuth (wrapping at 360);
     * ``moon``: it is closer than ``moon_separation_deg`` to the moon
       (whatever the moon's altitude, as POCS);
+    * ``time_window``: the observation has time windows and the set does not
+      fit inside any of them (start <= now and now + set time <= end);
+    * ``meridian`` (only with ``meridian_policy='veto'``): the set would cross
+      the meridian (hour angle from negative to >= 0), which a German
+      equatorial mount cannot track through without a flip;
     * ``done``: ``exposures_done[name] >= min_nexp``;
     * ``night_ends``: the set would not finish before the dark time ends.
 
     Merit = priority * sin(altitude), i.e. priority / airmass: a field at 30
     degrees counts half as much as the same field at the zenith, so a field
     is preferred while it is high and the plan follows the sky through the
-    night. The current field is kept while unvetoed and its merit is at least
-    ``(1 - hysteresis)`` times the best, which avoids a slew for a marginal gain.
+    night. With ``meridian_policy='penalise'`` (the default) the merit of a
+    field whose set would cross the meridian is multiplied by
+    ``meridian_penalty`` and the candidate carries the note "crosses meridian
+    in N min: flip needed"; ``'ignore'`` leaves it alone. The current field is
+    kept while unvetoed and its merit is at least ``(1 - hysteresis)`` times
+    the best, which avoids a slew for a marginal gain.
 
     ``set_overhead_s`` covers what a set costs beyond its exposures: slew,
     plate solve and the readouts (about 120 s for a PANOPTES unit with ten
     exposures a set).
+
+    ``check_set_end=False`` checks the altitude limit at the decision time
+    only (used to compare with instantaneous constraint checkers).
     """
 
     def __init__(self, observations: Iterable[Observation], ephemeris: Ephemeris,
                  min_altitude_deg: float = 30.0, moon_separation_deg: float = 15.0,
                  observe_horizon_deg: float = -18.0, hysteresis: float = 0.1,
-                 set_overhead_s: float = 120.0):
+                 set_overhead_s: float = 120.0, *, horizon=None,
+                 meridian_policy: str = "penalise", meridian_penalty: float = 0.5,
+                 check_set_end: bool = True):
         if not 0.0 <= hysteresis < 1.0:
             raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
         if set_overhead_s < 0:
             raise ValueError(f"set_overhead_s must be >= 0, got {set_overhead_s}")
+        if meridian_policy not in MERIDIAN_POLICIES:
+            raise ValueError(f"meridian_policy must be one of {', '.join(MERIDIAN_POLICIES)}, "
+                             f"got {meridian_policy!r}")
+        if not 0.0 <= meridian_penalty <= 1.0:
+            raise ValueError(f"meridian_penalty must be in [0, 1], got {meridian_penalty}")
         self.ephemeris = ephemeris
         self.site = ephemeris.site
         self.min_altitude_deg = float(min_altitude_deg)
@@ -382,6 +484,11 @@ class Scheduler:
         self.observe_horizon_deg = float(observe_horizon_deg)
         self.hysteresis = float(hysteresis)
         self.set_overhead_s = float(set_overhead_s)
+        self.horizon = None if horizon is None else [tuple(map(float, p)) for p in horizon]
+        self._horizon = _horizon_table(horizon)
+        self.meridian_policy = meridian_policy
+        self.meridian_penalty = float(meridian_penalty)
+        self.check_set_end = bool(check_set_end)
         self.set_observations(observations)
 
     @property
@@ -407,6 +514,24 @@ class Scheduler:
         self._priority = np.array([o.priority for o in obs], dtype=float)
         self._set_time = np.array([o.set_duration for o in obs], dtype=float) + self.set_overhead_s
         self._min_nexp = np.array([o.min_nexp for o in obs], dtype=np.int64)
+        # Time windows, flattened: window j belongs to field _win_owner[j].
+        owners = [i for i, o in enumerate(obs) for _ in o.time_windows]
+        self._win_owner = np.array(owners, dtype=np.int64)
+        self._win_start = np.array([w[0] for o in obs for w in o.time_windows], dtype=float)
+        self._win_end = np.array([w[1] for o in obs for w in o.time_windows], dtype=float)
+        self._has_windows = np.array([bool(o.time_windows) for o in obs], dtype=bool)
+
+    def horizon_deg(self, az_deg):
+        """The altitude limit (degrees) at the given azimuths: max(min altitude, horizon line)."""
+        az = np.asarray(az_deg, dtype=float)
+        if self._horizon is None:
+            return np.full(az.shape, self.min_altitude_deg)
+        return np.maximum(self.min_altitude_deg, np.interp(az, *self._horizon, period=360.0))
+
+    def _obstruction_deg(self, az):
+        if self._horizon is None:
+            return None
+        return np.interp(az, *self._horizon, period=360.0)
 
     def decide(self, unix: float, current: str | None = None,
                exposures_done: Mapping[str, int] | None = None) -> Decision:
@@ -423,9 +548,9 @@ class Scheduler:
             dark_start = dark_end = math.inf
         sun_up = unix < dark_start
 
-        alt_now, _ = altaz(self._ra, self._dec, unix, self.site)
+        alt_now, az_now = altaz(self._ra, self._dec, unix, self.site)
         set_end = unix + self._set_time
-        alt_end, _ = altaz(self._ra, self._dec, set_end, self.site, elementwise=True)
+        alt_end, az_end = altaz(self._ra, self._dec, set_end, self.site, elementwise=True)
         moon_ra, moon_dec = self.ephemeris.moon_radec(unix)
         moon_sep = angular_separation_deg(self._ra, self._dec, moon_ra, moon_dec)
         done_count = np.zeros(n, dtype=np.int64)
@@ -434,25 +559,75 @@ class Scheduler:
             if i is not None:
                 done_count[i] = count
 
-        veto = np.empty((len(VETOES), n), dtype=bool)
-        veto[0] = sun_up
-        veto[1] = (alt_now < self.min_altitude_deg) | (alt_end < self.min_altitude_deg)
-        veto[2] = moon_sep < self.moon_separation_deg
-        veto[3] = done_count >= self._min_nexp
-        veto[4] = (not sun_up) & (set_end > dark_end)
+        # Altitude limit: the plain minimum, or the obstruction where it is higher.
+        low_now = alt_now < self.min_altitude_deg
+        low_end = (alt_end < self.min_altitude_deg) if self.check_set_end else np.zeros(n, dtype=bool)
+        obstructed = np.zeros(n, dtype=bool)  # vetoed only because of the horizon line
+        obstruction_now = self._obstruction_deg(az_now)
+        if obstruction_now is not None:
+            blocked = low_now | (alt_now < obstruction_now)
+            if self.check_set_end:
+                obstruction_end = self._obstruction_deg(az_end)
+                blocked |= low_end | (alt_end < obstruction_end)
+            obstructed = blocked & ~(low_now | low_end)
+        else:
+            blocked = low_now | low_end
+
+        # Meridian: hour angle now in (-180, 180]; crossing when it reaches 0 within the set.
+        ra_date, _ = precess_from_j2000(self._ra, self._dec, unix)
+        ha_now = np.mod(lst_deg(unix, self.site.longitude_deg) - ra_date + 180.0, 360.0) - 180.0
+        to_meridian_s = -ha_now / _HA_RATE_DEG_S
+        crosses = (ha_now < 0) & (to_meridian_s <= self._set_time)
+
+        # Time windows: the set must fit in one of the field's windows.
+        if self._win_owner.size:
+            fits = (self._win_start <= unix) & (set_end[self._win_owner] <= self._win_end)
+            in_window = np.bincount(self._win_owner, weights=fits, minlength=n) > 0
+            outside = self._has_windows & ~in_window
+        else:
+            outside = np.zeros(n, dtype=bool)
+
+        veto = np.zeros((len(VETOES), n), dtype=bool)
+        veto[_ROW["sun_up"]] = sun_up
+        veto[_ROW["below_horizon"]] = blocked
+        veto[_ROW["moon"]] = moon_sep < self.moon_separation_deg
+        veto[_ROW["time_window"]] = outside
+        if self.meridian_policy == "veto":
+            veto[_ROW["meridian"]] = crosses
+        veto[_ROW["done"]] = done_count >= self._min_nexp
+        veto[_ROW["night_ends"]] = (not sun_up) & (set_end > dark_end)
         vetoed = veto.any(axis=0)
-        merit = np.where(vetoed, 0.0, self._priority * np.sin(np.radians(alt_now)))
+        merit = self._priority * np.sin(np.radians(alt_now))
+        penalised = crosses & (self.meridian_policy == "penalise")
+        merit = np.where(penalised, merit * self.meridian_penalty, merit)
+        merit = np.where(vetoed, 0.0, merit)
+
+        # Notes, only for the few fields that need one.
+        notes: dict[int, list[str]] = {}
+        if self.meridian_policy != "ignore":
+            for i in np.flatnonzero(crosses):
+                notes.setdefault(int(i), []).append(
+                    f"crosses meridian in {to_meridian_s[i] / 60.0:.0f} min: flip needed")
+        for i in np.flatnonzero(obstructed):
+            notes.setdefault(int(i), []).append(self._obstruction_note(
+                int(i), alt_now, az_now, alt_end, az_end))
 
         order = np.argsort(-merit, kind="stable")
         candidates = tuple(
             Candidate(self._names[i], float(merit[i]), float(alt_now[i]),
-                      tuple(VETOES[k] for k in np.flatnonzero(veto[:, i])))
+                      tuple(VETOES[k] for k in np.flatnonzero(veto[:, i])), tuple(notes.get(int(i), ())))
             for i in order)
 
         n_ok = int(n - vetoed.sum())
         if n_ok == 0:
-            counts = ", ".join(f"{name} {int(c)}" for name, c in zip(VETOES, veto.sum(axis=1)) if c)
-            reason = f"no observable field: {n} vetoed ({counts})"
+            parts = []
+            for name, c in zip(VETOES, veto.sum(axis=1)):
+                if c:
+                    part = f"{name} {int(c)}"
+                    if name == "below_horizon" and obstructed.any():
+                        part += f" ({int(obstructed.sum())} behind the obstruction)"
+                    parts.append(part)
+            reason = f"no observable field: {n} vetoed ({', '.join(parts)})"
             if sun_up:
                 dark = f"dark from {iso(dark_start)[:19]}" if math.isfinite(dark_start) else "no dark time ahead"
                 reason += f"; sun at {self.ephemeris.sun_alt(unix):.1f} deg, {dark}"
@@ -475,9 +650,23 @@ class Scheduler:
                       f"{current} merit {cur_merit:.1f} is over {self.hysteresis:.0%} lower")
         elif cur is not None:
             why = ", ".join(VETOES[k] for k in np.flatnonzero(veto[:, cur]))
+            if obstructed[cur]:
+                why += ": " + notes[cur][-1]
             reason = f"{best_name} {summary} (merit {best_merit:.1f}); leaving {current} ({why})"
         else:
             reason = f"{best_name} {summary} (merit {best_merit:.1f})"
             if current is not None:
                 reason += f"; {current} is no longer in the fields list"
+        if penalised[best]:
+            reason += f"; {best_name} {notes[best][0]}"
         return Decision(unix, best_name, reason, candidates)
+
+    def _obstruction_note(self, i, alt_now, az_now, alt_end, az_end) -> str:
+        """Why field i is below the horizon line although above the plain minimum."""
+        limit_now = float(self.horizon_deg(az_now[i]))
+        if alt_now[i] < limit_now:
+            return (f"behind the obstruction: {alt_now[i]:.1f} deg high at az {az_now[i]:.0f}, "
+                    f"horizon there {limit_now:.1f} deg")
+        limit_end = float(self.horizon_deg(az_end[i]))
+        return (f"behind the obstruction by the end of the set: {alt_end[i]:.1f} deg high at "
+                f"az {az_end[i]:.0f}, horizon there {limit_end:.1f} deg")

@@ -287,7 +287,7 @@ def test_decision_to_dict_is_json_and_round_trips(eph):
     data = json.loads(json.dumps(d.to_dict()))
     assert data["winner"] == "a" and data["time"].startswith("2026-11-24T06:30:00")
     assert data["candidates"][1] == {"name": "b", "merit": 0.0, "altitude_deg": pytest.approx(d.candidates[1].altitude_deg),
-                                     "vetoes": ["below_horizon"]}
+                                     "vetoes": ["below_horizon"], "notes": []}
     assert Decision.from_dict(data) == d
     assert isinstance(d.candidates[0], Candidate)
 
