@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 
 from actors.base import UnitActor
-from messages import RequestSchedule, ScheduleDecision, new_request_id
+from messages import CheckObservation, ObservationChecked, RequestSchedule, ScheduleDecision, new_request_id
 from observatory.astro import Ephemeris, Site
+from observatory.config import scheduler_kwargs
 from observatory.scheduler import FieldsError, Scheduler, load_fields
 
 
@@ -22,9 +23,7 @@ class SchedulerActor(UnitActor):
         observations = load_fields(self.fields_file)     # a broken file at start-up is fatal
         self.fields_mtime = os.stat(self.fields_file).st_mtime_ns
         self.fields_error = None
-        self.scheduler = Scheduler(observations, ephemeris, min_altitude_deg=self.site["min_altitude"],
-                                   moon_separation_deg=s["moon_separation"],
-                                   observe_horizon_deg=self.site["observe_horizon"], hysteresis=s["hysteresis"])
+        self.scheduler = Scheduler(observations, ephemeris, **scheduler_kwargs(s, self.site))
         self.by_name = {o.name: o for o in observations}
         # Build tonight's ephemeris now, during start-up, not at the first decision at dusk.
         self.scheduler.decide(self.clock.now())
@@ -69,3 +68,11 @@ class SchedulerActor(UnitActor):
         self.send(sender, ScheduleDecision(decision_id=new_request_id(), winner=decision.winner,
                                            reason=decision.reason, observation=observation,
                                            decision=explained, request_id=msg.request_id))
+
+    def receiveMsg_CheckObservation(self, msg: CheckObservation, sender):
+        self._reload_if_changed()
+        decision = self.scheduler.decide(msg.time_unix, current=msg.name, exposures_done=dict(msg.exposures_done))
+        candidate = next((c for c in decision.candidates if c.name == msg.name), None)
+        vetoes = ("unknown field",) if candidate is None else tuple(candidate.vetoes)
+        self.send(sender, ObservationChecked(name=msg.name, ok=not vetoes, vetoes=vetoes,
+                                             request_id=msg.request_id))

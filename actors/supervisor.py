@@ -26,10 +26,10 @@ from actors.mount import MountActor
 from actors.safety import SafetyActor
 from actors.scheduler import SchedulerActor
 from actors.weather import WeatherActor
-from messages import (AbortExposure, AnalyzeFrame, CloseObservation, CommandFailed, DeviceStatus,
+from messages import (AbortExposure, AnalyzeFrame, CheckObservation, CloseObservation, CommandFailed, DeviceStatus,
                       ExposureAborted, ExposureComplete, ExposureFailed, ExposureStarted, FrameAnalyzed,
                       GetStatus, GetUnitStatus, GuidePulse, Initialize, InitializationFailed, Initialized,
-                      Message, MountArrived, MountMoving, NightComplete, NightSummaryWritten, Park,
+                      Message, MountArrived, MountMoving, NightComplete, NightSummaryWritten, ObservationChecked, Park,
                       PeersChanged, RecordDecision, RecordEvent, RecordExposure, RecordMetrics,
                       RecordObservation, RequestSchedule, SafetyVerdict, ScheduleDecision, SetTracking,
                       SlewTo, StartExposure, StartUnit, StopUnit, Tick, UnitFailed, UnitStarted,
@@ -265,8 +265,7 @@ class Supervisor(UnitActor):
         addr = child.address
         if child.role == "mount":
             if self.state == "slewing" and self.observation:
-                self._mount_command(SlewTo(ra_deg=self.observation.ra_deg, dec_deg=self.observation.dec_deg),
-                                    "slew")
+                self._slew()
             elif self.state == "parking":
                 self._mount_command(Park(), "park")
             else:
@@ -466,6 +465,29 @@ class Supervisor(UnitActor):
 
     # slewing
     def _enter_slewing(self):
+        # Constraints are checked again just before the mount moves: the decision
+        # may be stale (a restart, a retry), and a slew is the costly step.
+        addr = self._address("scheduler")
+        if addr is None:
+            self._slew()
+            return
+        self._ask(addr, CheckObservation(name=self.observation.name, time_unix=self.clock.now(),
+                                         exposures_done=dict(self.exposures_done)), "check")
+        self.set_deadline(60.0, "pre-slew check")
+
+    def receiveMsg_ObservationChecked(self, msg: ObservationChecked, sender):
+        if not self._expected(msg, "check") or self.state != "slewing":
+            return
+        del self.expect[msg.request_id]
+        if msg.ok:
+            self._slew()
+        else:
+            self.event("scheduler", f"{msg.name} no longer observable ({', '.join(msg.vetoes)}); rescheduling",
+                       field=msg.name, vetoes=list(msg.vetoes))
+            self._close_observation("switched")
+            self.goto("scheduling", f"{msg.name} vetoed before the slew")
+
+    def _slew(self):
         ob = self.observation
         self._mount_command(SlewTo(ra_deg=ob.ra_deg, dec_deg=ob.dec_deg), "slew")
 

@@ -219,6 +219,21 @@ class ScheduleDecision(Message):
     decision: dict               # full explanation: candidates, merits, vetoes
 
 
+@dataclass(frozen=True)
+class CheckObservation(Message):
+    """Is this field still observable (no veto) at time_unix? Asked just before slewing."""
+    name: str
+    time_unix: float
+    exposures_done: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ObservationChecked(Message):
+    name: str
+    ok: bool
+    vetoes: tuple = ()
+
+
 # --- analysis --------------------------------------------------------------
 
 @dataclass(frozen=True)

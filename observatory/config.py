@@ -90,6 +90,24 @@ class SchedulerConfig(_Section):
     fields_file: str = "fields.yaml"
     moon_separation: float = Field(15.0, ge=0, le=180)
     hysteresis: float = Field(0.1, ge=0, lt=1)
+    set_overhead: float = Field(120.0, ge=0, description="seconds a set costs beyond its exposures")
+    horizon: list[tuple[float, float]] | None = Field(
+        None, description="obstructions: [azimuth, altitude] points, degrees; None = min_altitude only")
+    meridian_policy: Literal["penalise", "veto", "ignore"] = "penalise"
+    meridian_penalty: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("horizon")
+    @classmethod
+    def _horizon(cls, v):
+        if v is None:
+            return v
+        if len(v) < 2:
+            raise ValueError("give at least two [azimuth, altitude] points")
+        for az, alt in v:
+            if not (0 <= az <= 360 and 0 <= alt < 90):
+                raise ValueError(f"point [{az}, {alt}]: azimuth must be 0..360 and altitude 0..90 degrees")
+        return v
+
 
 
 class ObservingConfig(_Section):
@@ -216,3 +234,14 @@ def load_config(path: str | os.PathLike) -> dict:
     data["config_file"] = str(path.resolve())
     data["config_hash"] = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return data
+
+
+def scheduler_kwargs(scheduler: dict, location: dict) -> dict:
+    """Keyword arguments for observatory.scheduler.Scheduler from the loaded
+    ``scheduler`` and ``location`` sections (plain dicts, as actors get them)."""
+    scheduler = {**SchedulerConfig().model_dump(), **scheduler}
+    horizon = scheduler.get("horizon")
+    return dict(min_altitude_deg=location["min_altitude"], moon_separation_deg=scheduler["moon_separation"],
+                observe_horizon_deg=location["observe_horizon"], hysteresis=scheduler["hysteresis"],
+                set_overhead_s=scheduler["set_overhead"], horizon=[tuple(p) for p in horizon] if horizon else None,
+                meridian_policy=scheduler["meridian_policy"], meridian_penalty=scheduler["meridian_penalty"])

@@ -5,6 +5,11 @@ The fields file is the POCS format, read unchanged (see conf/fields.yaml)::
     - field: {name: "M42", position: "05h35m17.3s -05d23m28s"}
       observation: {priority: 75, exptime: 30, min_nexp: 10, exp_set_size: 5}
 
+with one optional addition: ``observation: {constraints: {time_windows:
+[[start_iso, end_iso], ...]}}`` (UTC when no zone is given) limits a field to
+sets that fit inside one of those windows. POCS's own list form of
+``constraints`` is accepted and ignored, as before.
+
 ``Scheduler.decide`` evaluates every field at once with numpy, so a decision
 costs well under a millisecond per field once the night's ephemeris is cached
 (POCS takes about 0.15 s for 6 fields and 0.8 s for 53).
@@ -22,7 +27,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import yaml
 
-from observatory.astro import Ephemeris, altaz, angular_separation_deg, lst_deg, precess_from_j2000
+from observatory.astro import Ephemeris, angular_separation_deg, lst_deg, precess_from_j2000
 from observatory.clock import iso, parse_iso
 
 
@@ -405,6 +410,16 @@ class Decision:
         return next((c for c in self.candidates if c.name == name), None)
 
 
+def _altaz_from_ha(ha_deg, dec_deg, sin_lat: float, cos_lat: float):
+    """Altitude and azimuth (degrees, azimuth from North through East in [0, 360))."""
+    ha = np.radians(ha_deg)
+    dec = np.radians(dec_deg)
+    sin_dec, cos_dec, cos_ha = np.sin(dec), np.cos(dec), np.cos(ha)
+    alt = np.degrees(np.arcsin(np.clip(sin_lat * sin_dec + cos_lat * cos_dec * cos_ha, -1.0, 1.0)))
+    az = np.degrees(np.arctan2(-cos_dec * np.sin(ha), cos_lat * sin_dec - sin_lat * cos_dec * cos_ha))
+    return alt, np.mod(az, 360.0)
+
+
 def _horizon_table(horizon) -> tuple[np.ndarray, np.ndarray] | None:
     """(azimuths, altitudes) sorted in [0, 360) for ``np.interp(..., period=360)``."""
     if horizon is None:
@@ -489,6 +504,8 @@ class Scheduler:
         self.meridian_policy = meridian_policy
         self.meridian_penalty = float(meridian_penalty)
         self.check_set_end = bool(check_set_end)
+        self._sin_lat = math.sin(math.radians(self.site.latitude_deg))
+        self._cos_lat = math.cos(math.radians(self.site.latitude_deg))
         self.set_observations(observations)
 
     @property
@@ -548,9 +565,15 @@ class Scheduler:
             dark_start = dark_end = math.inf
         sun_up = unix < dark_start
 
-        alt_now, az_now = altaz(self._ra, self._dec, unix, self.site)
+        # One precession to the equinox of date serves the start and the end of the set
+        # (over a set it moves the positions by well under a milliarcsecond); the
+        # formulas are those of observatory.astro.altaz.
         set_end = unix + self._set_time
-        alt_end, az_end = altaz(self._ra, self._dec, set_end, self.site, elementwise=True)
+        ra_date, dec_date = precess_from_j2000(self._ra, self._dec, unix)
+        ha_now = lst_deg(unix, self.site.longitude_deg) - ra_date
+        ha_end = lst_deg(set_end, self.site.longitude_deg) - ra_date
+        alt_now, az_now = _altaz_from_ha(ha_now, dec_date, self._sin_lat, self._cos_lat)
+        alt_end, az_end = _altaz_from_ha(ha_end, dec_date, self._sin_lat, self._cos_lat)
         moon_ra, moon_dec = self.ephemeris.moon_radec(unix)
         moon_sep = angular_separation_deg(self._ra, self._dec, moon_ra, moon_dec)
         done_count = np.zeros(n, dtype=np.int64)
@@ -574,8 +597,7 @@ class Scheduler:
             blocked = low_now | low_end
 
         # Meridian: hour angle now in (-180, 180]; crossing when it reaches 0 within the set.
-        ra_date, _ = precess_from_j2000(self._ra, self._dec, unix)
-        ha_now = np.mod(lst_deg(unix, self.site.longitude_deg) - ra_date + 180.0, 360.0) - 180.0
+        ha_now = np.mod(ha_now + 180.0, 360.0) - 180.0
         to_meridian_s = -ha_now / _HA_RATE_DEG_S
         crosses = (ha_now < 0) & (to_meridian_s <= self._set_time)
 
@@ -613,10 +635,17 @@ class Scheduler:
                 int(i), alt_now, az_now, alt_end, az_end))
 
         order = np.argsort(-merit, kind="stable")
+        # Each field's vetoes as a bit code, so that the tuples of names are built once per
+        # distinct combination rather than once per field (this loop is the hot path's tail).
+        codes = (np.left_shift(1, np.arange(len(VETOES)))[:, None] * veto).sum(axis=0)
+        veto_names = {c: tuple(VETOES[k] for k in range(len(VETOES)) if c >> k & 1)
+                      for c in np.unique(codes).tolist()}
+        names = self._names
+        note_tuples = {i: tuple(v) for i, v in notes.items()}
         candidates = tuple(
-            Candidate(self._names[i], float(merit[i]), float(alt_now[i]),
-                      tuple(VETOES[k] for k in np.flatnonzero(veto[:, i])), tuple(notes.get(int(i), ())))
-            for i in order)
+            Candidate(names[i], m, a, veto_names[c], note_tuples.get(i, ()))
+            for i, m, a, c in zip(order.tolist(), merit[order].tolist(), alt_now[order].tolist(),
+                                  codes[order].tolist()))
 
         n_ok = int(n - vetoed.sum())
         if n_ok == 0:

@@ -329,3 +329,154 @@ def test_default_fields_cover_the_whole_night_at_mauna_loa(eph):
     assert len(winners) >= 3  # the choice follows the sky
     vetoes_seen = {v for c in d.candidates for v in c.vetoes}
     assert vetoes_seen <= set(VETOES)
+
+
+# --------------------------------------------------------------------------
+# Horizon line (obstructions), time windows, meridian
+# --------------------------------------------------------------------------
+
+def test_obstruction_blocks_a_field_plain_altitude_allows(eph):
+    # 45 deg high in the east: fine for min_altitude 30, behind a 60-deg wall from az 60 to 120.
+    east = transiting("east", dec=0.0, hour_angle_deg=-45.0, priority=1000)
+    up = transiting("up", dec=0.0)
+    plain = Scheduler([east, up], eph, meridian_policy="ignore").decide(NIGHT)
+    assert plain.winner == "east" and plain.candidate("east").vetoes == ()
+    az_east = altaz(east.ra_deg, east.dec_deg, NIGHT, MAUNA_LOA)[1]
+    assert 60 < az_east < 120
+    wall = [(50, 0), (60, 60), (120, 60), (130, 0)]
+    sched = Scheduler([east, up], eph, horizon=wall, meridian_policy="ignore")
+    d = sched.decide(NIGHT, current="east")
+    c = d.candidate("east")
+    assert c.vetoes == ("below_horizon",) and c.merit == 0.0
+    assert c.notes and c.notes[0].startswith("behind the obstruction")
+    assert d.winner == "up"
+    assert "leaving east (below_horizon: behind the obstruction" in d.reason
+    assert d.candidate("up").vetoes == ()  # the wall is only in the east
+    assert sched.horizon_deg([90.0, 0.0, 55.0])[0] == 60.0
+    assert sched.horizon_deg([90.0, 0.0, 55.0])[1:].tolist() == [30.0, 30.0]  # max(min_alt, 30)
+
+
+def test_horizon_interpolates_and_wraps_at_360(eph):
+    sched = Scheduler([], eph, horizon=[(350, 50), (10, 70), (180, 0)])
+    assert sched.horizon_deg(0.0) == pytest.approx(60.0)   # halfway from 350 to 370
+    assert sched.horizon_deg(355.0) == pytest.approx(55.0)
+    assert sched.horizon_deg(95.0) == pytest.approx(35.0)  # 70 -> 0 between 10 and 180
+    assert sched.horizon_deg(170.0) == pytest.approx(30.0)  # the plain minimum binds
+    with pytest.raises(ValueError, match="horizon"):
+        Scheduler([], eph, horizon=[(10, 20, 30)])
+
+
+def test_obstruction_is_checked_at_the_end_of_the_set_and_counted(eph):
+    # Rising in the east at 40 deg: clear now, but the set ends behind a wall further south.
+    field = transiting("rising", dec=0.0, hour_angle_deg=-50.0)
+    alt0, az0 = altaz(field.ra_deg, field.dec_deg, NIGHT, MAUNA_LOA)
+    alt1, az1 = altaz(field.ra_deg, field.dec_deg, NIGHT + 1320, MAUNA_LOA)
+    assert az1 > az0 and alt1 > alt0
+    wall = [(0, 0), (az0 + 0.3, 0), (az0 + 0.5, 89), (az1 + 5, 89), (az1 + 6, 0)]
+    d = Scheduler([field], eph, horizon=wall).decide(NIGHT)
+    assert d.candidates[0].vetoes == ("below_horizon",)
+    assert "by the end of the set" in d.candidates[0].notes[-1]
+    assert d.reason == "no observable field: 1 vetoed (below_horizon 1 (1 behind the obstruction))"
+
+
+WINDOWED = entry("W", obs="priority: 100, constraints: {time_windows: [[2026-11-24T06:00, 2026-11-24T07:00], "
+                       "['2026-11-25T06:00:00Z', '2026-11-25T07:00:00']]}")
+
+
+def test_time_windows_are_read_from_the_fields_file(tmp_path):
+    (obs,) = load_fields(write(tmp_path, WINDOWED))
+    assert obs.time_windows == ((parse_iso("2026-11-24T06:00"), parse_iso("2026-11-24T07:00")),
+                                (parse_iso("2026-11-25T06:00"), parse_iso("2026-11-25T07:00")))
+
+
+@pytest.mark.parametrize("windows, message", [
+    ("[[2026-11-24T07:00, 2026-11-24T06:00]]", "time window 1: start 2026-11-24T07:00:00 is not before end"),
+    ("[[2026-11-24T06:00]]", "time window 1 must be a [start, end] pair"),
+    ("[[2026-11-24T06:00, 2026-11-24T07:00], [tonight, 2026-11-24T07:00]]",
+     "time window 2: cannot read 'tonight' as an ISO time"),
+    ("2026-11-24T06:00", "time_windows must be a non-empty list"),
+    ("[]", "time_windows must be a non-empty list"),
+])
+def test_malformed_time_window_is_a_fields_error_naming_the_entry(tmp_path, windows, message):
+    text = entry("A") + entry("B", obs="constraints: {time_windows: " + windows + "}")
+    path = write(tmp_path, text)
+    with pytest.raises(FieldsError) as info:
+        load_fields(path)
+    assert f"{path}: entry 2 (B): {message}" in str(info.value)
+
+
+def test_constraints_list_from_pocs_is_still_accepted(tmp_path):
+    (obs,) = load_fields(write(tmp_path, entry(obs="constraints: [{name: altitude}]")))
+    assert obs.time_windows == ()
+
+
+def test_field_outside_its_time_windows_is_vetoed(eph):
+    set_time = 1200 + 120
+    open_now = transiting("open", time_windows=[(NIGHT - 600, NIGHT + set_time + 1)])
+    too_short = transiting("short", time_windows=[(NIGHT - 600, NIGHT + set_time - 60)])
+    later = transiting("later", time_windows=[(NIGHT + 3600, NIGHT + 7200), (NIGHT - 7200, NIGHT - 3600)])
+    free = transiting("free", priority=50)
+    d = Scheduler([open_now, too_short, later, free], eph, meridian_policy="ignore").decide(NIGHT)
+    assert d.candidate("open").vetoes == ()
+    assert d.candidate("short").vetoes == ("time_window",)  # the set would run past the window's end
+    assert d.candidate("later").vetoes == ("time_window",)
+    assert d.candidate("free").vetoes == ()
+    assert d.winner == "open"
+    d = Scheduler([later], eph).decide(NIGHT)
+    assert d.reason == "no observable field: 1 vetoed (time_window 1)"
+    with pytest.raises(ValueError, match="start < end"):
+        Observation("x", 1, 2, time_windows=[(10, 5)])
+
+
+def test_meridian_crossing_is_penalised_by_default(eph):
+    # 2 deg east of the meridian: crosses in about 8 min, inside a 22-min set.
+    east = transiting("east", hour_angle_deg=-2.0)
+    west = transiting("west", hour_angle_deg=+2.0)
+    d = Scheduler([east, west], eph).decide(NIGHT)
+    ce, cw = d.candidate("east"), d.candidate("west")
+    assert ce.vetoes == () and cw.vetoes == () and cw.notes == ()
+    assert len(ce.notes) == 1
+    minutes = 2.0 / (360 / 86164.0905) / 60
+    assert ce.notes[0] == f"crosses meridian in {minutes:.0f} min: flip needed"
+    assert ce.merit == pytest.approx(0.5 * 100 * math.sin(math.radians(ce.altitude_deg)))
+    assert cw.merit == pytest.approx(100 * math.sin(math.radians(cw.altitude_deg)))
+    assert d.winner == "west"
+    assert d.to_dict()["candidates"][1]["notes"] == [ce.notes[0]]
+    # The penalty factor is a parameter; the penalised field can still win.
+    d = Scheduler([east, west], eph, meridian_penalty=1.0).decide(NIGHT)
+    assert d.candidate("east").merit == pytest.approx(100 * math.sin(math.radians(ce.altitude_deg)))
+
+
+def test_meridian_crossing_veto_and_ignore_policies(eph):
+    east = transiting("east", hour_angle_deg=-2.0, priority=200)
+    far_east = transiting("far_east", hour_angle_deg=-10.0, priority=200)  # 40 min away: set ends first
+    west = transiting("west", hour_angle_deg=+2.0)
+    d = Scheduler([east, far_east, west], eph, meridian_policy="veto").decide(NIGHT, current="east")
+    assert d.candidate("east").vetoes == ("meridian",) and d.candidate("east").merit == 0.0
+    assert d.candidate("far_east").vetoes == () and d.candidate("far_east").notes == ()
+    assert d.winner == "far_east"
+    assert "leaving east (meridian)" in d.reason
+    d = Scheduler([east, west], eph, meridian_policy="ignore").decide(NIGHT)
+    assert d.candidate("east").vetoes == () and d.candidate("east").notes == ()
+    assert d.candidate("east").merit == pytest.approx(200 * math.sin(math.radians(d.candidate("east").altitude_deg)))
+    assert d.winner == "east"
+    # A short set that ends before the meridian does not cross it.
+    quick = transiting("quick", hour_angle_deg=-2.0, exptime=10, min_nexp=10, exp_set_size=2)
+    d = Scheduler([quick], eph, meridian_policy="veto", set_overhead_s=0).decide(NIGHT)
+    assert d.winner == "quick" and d.candidates[0].notes == ()
+    with pytest.raises(ValueError, match="meridian_policy"):
+        Scheduler([], eph, meridian_policy="flip")
+
+
+def test_candidate_from_old_dict_has_no_notes():
+    c = Candidate.from_dict({"name": "a", "merit": 1.0, "altitude_deg": 40.0, "vetoes": []})
+    assert c.notes == () and c.to_dict()["notes"] == []
+
+
+def test_decision_altitudes_match_astro_altaz(eph):
+    rng = np.random.default_rng(11)
+    obs = [Observation(f"f{i}", float(rng.uniform(0, 360)), float(rng.uniform(-60, 80))) for i in range(40)]
+    d = Scheduler(obs, eph).decide(NIGHT)
+    alt, _ = altaz([o.ra_deg for o in obs], [o.dec_deg for o in obs], NIGHT, MAUNA_LOA)
+    by_name = {c.name: c.altitude_deg for c in d.candidates}
+    assert [by_name[o.name] for o in obs] == pytest.approx(alt.tolist(), abs=1e-9)
