@@ -29,12 +29,12 @@ from actors.mount import MountActor
 from actors.safety import SafetyActor
 from actors.scheduler import SchedulerActor
 from actors.weather import WeatherActor
-from messages import (PeersChanged, AbortExposure, AnalyzeFrame, CommandFailed, DeviceStatus, ExposureAborted,
-                      ExposureComplete, ExposureStarted, FrameAnalyzed, GetStatus, Initialize,
-                      InitializationFailed, Initialized, MountArrived, MountMoving, NightSummaryWritten,
-                      Park, RecordDecision, RecordEvent, RecordExposure, RecordMetrics, RecordObservation,
-                      CloseObservation, RequestSchedule, SafetyVerdict, ScheduleDecision, SlewTo,
-                      StartExposure, WriteNightSummary)
+from messages import (AbortExposure, AnalyzeFrame, CheckObservation, CloseObservation, CommandFailed,
+                      DeviceStatus, ExposureAborted, ExposureComplete, ExposureStarted, FrameAnalyzed,
+                      GetStatus, InitializationFailed, Initialize, Initialized, MountArrived, MountMoving,
+                      NightSummaryWritten, ObservationChecked, Park, PeersChanged, RecordDecision,
+                      RecordEvent, RecordExposure, RecordMetrics, RecordObservation, RequestSchedule,
+                      SafetyVerdict, ScheduleDecision, SlewTo, StartExposure, WriteNightSummary)
 from observatory import logs
 from observatory.astro import lst_deg
 from observatory.clock import SimClock, parse_iso
@@ -597,6 +597,22 @@ def test_scheduler_decision_at_a_dark_time(asys, tmp_path):
     for c in d["candidates"]:
         assert (c["merit"] == 0) == bool(c["vetoes"]), c
     json.dumps(d)
+
+
+def test_scheduler_checks_a_field_again_before_a_slew(asys, tmp_path):
+    addr, _ = start_actor(asys, SchedulerActor, "scheduler", "scheduler",
+                          scheduler_settings(ROOT / "conf" / "fields.yaml"), tmp_path)
+    decision = ask(asys, addr, RequestSchedule(time_unix=NIGHT), timeout=10.0)
+    ok = ask(asys, addr, CheckObservation(name=decision.winner, time_unix=NIGHT), timeout=10.0)
+    assert isinstance(ok, ObservationChecked) and ok.ok and ok.vetoes == ()
+    vetoed = next(c for c in decision.decision["candidates"] if "below_horizon" in c["vetoes"])
+    no = ask(asys, addr, CheckObservation(name=vetoed["name"], time_unix=NIGHT), timeout=10.0)
+    assert not no.ok and "below_horizon" in no.vetoes
+    done = ask(asys, addr, CheckObservation(name=decision.winner, time_unix=NIGHT,
+                                            exposures_done={decision.winner: 10_000}), timeout=10.0)
+    assert not done.ok and "done" in done.vetoes
+    unknown = ask(asys, addr, CheckObservation(name="Nowhere", time_unix=NIGHT), timeout=10.0)
+    assert not unknown.ok and unknown.vetoes == ("unknown field",)
 
 
 def test_scheduler_with_an_invalid_fields_file_fails_initialisation(asys, tmp_path):
