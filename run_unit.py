@@ -75,6 +75,7 @@ class Unit:
         self.stop_reason = None
         self.exit_code = EXIT_OK
         self.asys = None
+        self.wire = []          # wire-level simulators standing in for hardware
 
     def _on_signal(self, signum, frame):
         self.stop_reason = signal.Signals(signum).name
@@ -114,6 +115,12 @@ class Unit:
         start = parse_iso(self.args.start) if self.args.start else None
         clock = SimClock.starting_now(start, self.args.speed)
         os.environ["THESPLOG_FILE"] = str(self.pandir / "logs" / "thespian-internal.log")
+        from simulators.launch import start_wire_simulators
+        try:
+            self.config, self.wire = start_wire_simulators(self.config, clock, self.pandir)
+        except RuntimeError as e:
+            lock.close()
+            raise UsageError(str(e)) from None
         prepare_actor_host()
 
         from actors.supervisor import Supervisor
@@ -194,6 +201,8 @@ class Unit:
             pass
         if self.asys is not None:
             self.asys.shutdown()
+        for sim in self.wire:
+            sim.stop()
         deadline = time.time() + 5
         for pid in filter(None, pids):
             while pid_alive(pid) and time.time() < deadline:

@@ -18,6 +18,9 @@ def make_mount_driver(settings: dict, clock, site: dict, pandir: str):
         state_file.parent.mkdir(parents=True, exist_ok=True)
         return SimulatedMount(settings.get("settings", {}), clock, site["latitude"], site["longitude"],
                               state_file=state_file)
+    if driver == "ioptron":
+        from drivers.ioptron import IOptronMount
+        return IOptronMount(settings.get("settings", {}), clock, site["latitude"], site["longitude"])
     raise ValueError(f"unknown mount driver {driver!r}")
 
 
@@ -93,3 +96,8 @@ class MountActor(UnitActor):
             self.pending = None
             self.send(requester, MountArrived(name=self.name, action=f"{action}-interrupted",
                                               status=status, request_id=request_id))
+
+    def teardown(self):
+        close = getattr(getattr(self, "driver", None), "close", None)
+        if close:
+            close()       # release the serial port for the next incarnation

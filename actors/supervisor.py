@@ -864,6 +864,11 @@ class Supervisor(UnitActor):
             # group of their own: end that group, gently first.
             self.event("unit", "ending the actor system (its owner is gone)")
             self.write_status(force=True)
+            for pid in self.config.get("simulator_pids", []):
+                try:
+                    os.kill(pid, signal.SIGTERM)       # the simulated hardware goes with the unit
+                except ProcessLookupError:
+                    pass
             group = os.getpgrp()
             if group != self.owner_pgid:
                 os.killpg(group, signal.SIGTERM)

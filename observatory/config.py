@@ -61,7 +61,7 @@ class _DeviceConfig(_Section):
 
 
 class MountConfig(_DeviceConfig):
-    pass
+    driver: Literal["simulator", "ioptron"] = "simulator"
 
 
 class CameraConfig(_DeviceConfig):
@@ -177,6 +177,10 @@ def _check_driver_settings(source: str, cfg: UnitConfig) -> None:
     if cfg.mount.driver == "simulator":
         from simulators.mount import SimulatedMount
         checks.append(("mount.settings", lambda: SimulatedMount(
+            dict(cfg.mount.settings), clock, cfg.location.latitude, cfg.location.longitude)))
+    elif cfg.mount.driver == "ioptron":
+        from drivers.ioptron import IOptronMount        # checks its settings without opening the port
+        checks.append(("mount.settings", lambda: IOptronMount(
             dict(cfg.mount.settings), clock, cfg.location.latitude, cfg.location.longitude)))
     for i, cam in enumerate(cfg.cameras):
         if cam.driver == "simulator":

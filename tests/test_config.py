@@ -56,7 +56,7 @@ def test_shipped_config_loads():
     assert [c["name"] for c in cfg["cameras"]] == ["cam00", "cam01"]
     assert cfg["primary_camera"] == "cam00"
     assert cfg["cameras"][0]["settings"]["width"] == 1302
-    assert cfg["mount"]["settings"] == {"slew_rate_deg_s": 3.0}
+    assert cfg["mount"] == {"driver": "ioptron", "settings": {"port": "simulator", "slew_rate_deg_s": 3.0}}
     # Relative paths are resolved against conf/ and exist.
     assert cfg["states"] == str((ROOT / "conf" / "states.yaml").resolve())
     assert cfg["scheduler"]["fields_file"] == str((ROOT / "conf" / "fields.yaml").resolve())
@@ -266,9 +266,12 @@ def test_config_error_is_a_value_error():
 # Checks that load_config does not make (reported as bugs)
 # --------------------------------------------------------------------------
 
-def test_zero_slew_rate_is_refused(tmp_path):
+@pytest.mark.parametrize("driver", ["ioptron", "simulator"])
+def test_zero_slew_rate_is_refused(tmp_path, driver):
     cfg = shipped()
-    cfg["mount"]["settings"]["slew_rate_deg_s"] = 0
+    cfg["mount"] = {"driver": driver, "settings": {"slew_rate_deg_s": 0}}
+    if driver == "ioptron":
+        cfg["mount"]["settings"]["port"] = "simulator"
     path = write(tmp_path, cfg)
     text = config_error(path)
     assert "mount.settings" in text and "slew_rate_deg_s" in text
