@@ -473,6 +473,14 @@ class Scheduler:
     plate solve and the readouts (about 120 s for a PANOPTES unit with ten
     exposures a set).
 
+    Block fit (``block_fit=True``, the default): the merit is also multiplied
+    by the fraction of the field's remaining block (``min_nexp`` less the
+    rounds done tonight, in sets with ``set_overhead_s`` each) that fits
+    before the field drops below its limit or the dark time ends (checked on
+    a 15-minute grid up to 6 hours ahead; never below 0.05), so that a field
+    whose whole block fits is preferred to one about to set; such a candidate
+    carries a note.
+
     ``check_set_end=False`` checks the altitude limit at the decision time
     only (used to compare with instantaneous constraint checkers).
     """
@@ -482,7 +490,7 @@ class Scheduler:
                  observe_horizon_deg: float = -18.0, hysteresis: float = 0.1,
                  set_overhead_s: float = 120.0, *, horizon=None,
                  meridian_policy: str = "penalise", meridian_penalty: float = 0.5,
-                 check_set_end: bool = True):
+                 check_set_end: bool = True, block_fit: bool = True):
         if not 0.0 <= hysteresis < 1.0:
             raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
         if set_overhead_s < 0:
@@ -504,6 +512,7 @@ class Scheduler:
         self.meridian_policy = meridian_policy
         self.meridian_penalty = float(meridian_penalty)
         self.check_set_end = bool(check_set_end)
+        self.block_fit = bool(block_fit)
         self._sin_lat = math.sin(math.radians(self.site.latitude_deg))
         self._cos_lat = math.cos(math.radians(self.site.latitude_deg))
         self.set_observations(observations)
@@ -531,6 +540,8 @@ class Scheduler:
         self._priority = np.array([o.priority for o in obs], dtype=float)
         self._set_time = np.array([o.set_duration for o in obs], dtype=float) + self.set_overhead_s
         self._min_nexp = np.array([o.min_nexp for o in obs], dtype=np.int64)
+        self._exptime = np.array([o.exptime for o in obs], dtype=float)
+        self._set_size = np.array([o.exp_set_size for o in obs], dtype=np.int64)
         # Time windows, flattened: window j belongs to field _win_owner[j].
         owners = [i for i, o in enumerate(obs) for _ in o.time_windows]
         self._win_owner = np.array(owners, dtype=np.int64)
@@ -620,6 +631,10 @@ class Scheduler:
         veto[_ROW["night_ends"]] = (not sun_up) & (set_end > dark_end)
         vetoed = veto.any(axis=0)
         merit = self._priority * np.sin(np.radians(alt_now))
+        block_fraction = None
+        if self.block_fit and not sun_up:
+            block_fraction = self._block_fraction(unix, ra_date, dec_date, done_count, dark_end)
+            merit = merit * block_fraction
         penalised = crosses & (self.meridian_policy == "penalise")
         merit = np.where(penalised, merit * self.meridian_penalty, merit)
         merit = np.where(vetoed, 0.0, merit)
@@ -630,6 +645,10 @@ class Scheduler:
             for i in np.flatnonzero(crosses):
                 notes.setdefault(int(i), []).append(
                     f"crosses meridian in {to_meridian_s[i] / 60.0:.0f} min: flip needed")
+        if block_fraction is not None:
+            for i in np.flatnonzero((block_fraction < 1.0) & ~vetoed):
+                notes.setdefault(int(i), []).append(
+                    f"only {block_fraction[i]:.0%} of the remaining block fits before it sets or the night ends")
         for i in np.flatnonzero(obstructed):
             notes.setdefault(int(i), []).append(self._obstruction_note(
                 int(i), alt_now, az_now, alt_end, az_end))
@@ -689,6 +708,34 @@ class Scheduler:
         if penalised[best]:
             reason += f"; {best_name} {notes[best][0]}"
         return Decision(unix, best_name, reason, candidates)
+
+    # Block fit: how much of each field's remaining block (min_nexp less what is
+    # done, in sets with their overhead) fits before the field goes below its
+    # limit or the dark time ends, on a grid of BLOCK_STEP_S up to BLOCK_HORIZON_S.
+    BLOCK_STEP_S = 900.0
+    BLOCK_HORIZON_S = 6 * 3600.0
+
+    def _block_fraction(self, unix, ra_date, dec_date, done_count, dark_end) -> np.ndarray:
+        remaining = np.maximum(self._min_nexp - done_count, 0)
+        sets = np.ceil(remaining / self._set_size)
+        block_s = remaining * self._exptime + sets * self.set_overhead_s
+        steps = np.arange(1, int(self.BLOCK_HORIZON_S / self.BLOCK_STEP_S) + 1) * self.BLOCK_STEP_S
+        times = unix + steps
+        ha = lst_deg(times, self.site.longitude_deg)[None, :] - ra_date[:, None]
+        alt, az = _altaz_from_ha(ha, dec_date[:, None], self._sin_lat, self._cos_lat)
+        limit = np.full(alt.shape, self.min_altitude_deg)
+        obstruction = self._obstruction_deg(az)
+        if obstruction is not None:
+            limit = np.maximum(limit, obstruction)
+        low = (alt < limit) | (times[None, :] > dark_end)
+        # Up to the last grid point before the first one that fails (conservative).
+        first_low = np.where(low.any(axis=1), low.argmax(axis=1), len(steps))
+        available = np.where(first_low > 0, steps[np.maximum(first_low - 1, 0)], 0.0)
+        available = np.where(first_low == len(steps), np.inf, available)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fraction = np.where(block_s > 0, np.minimum(available / block_s, 1.0), 1.0)
+        # A set that fits is never scored to nothing: the vetoes decide what cannot be done.
+        return np.maximum(fraction, 0.05)
 
     def _obstruction_note(self, i, alt_now, az_now, alt_end, az_end) -> str:
         """Why field i is below the horizon line although above the plain minimum."""

@@ -480,3 +480,26 @@ def test_decision_altitudes_match_astro_altaz(eph):
     alt, _ = altaz([o.ra_deg for o in obs], [o.dec_deg for o in obs], NIGHT, MAUNA_LOA)
     by_name = {c.name: c.altitude_deg for c in d.candidates}
     assert [by_name[o.name] for o in obs] == pytest.approx(alt.tolist(), abs=1e-9)
+
+
+def test_block_fit_prefers_a_field_whose_whole_block_fits():
+    """Two equal fields, one setting within the hour: the one that stays up wins,
+    and the setting one says how much of its block would fit."""
+    from observatory.astro import MAUNA_LOA, Ephemeris, lst_deg
+    from observatory.clock import parse_iso
+    eph = Ephemeris(MAUNA_LOA)
+    t = parse_iso("2026-11-24T10:00:00")
+    lst = float(lst_deg(t, MAUNA_LOA.longitude_deg))
+    # West of the meridian, about 45 degrees high and sinking; east, rising.
+    setting = Observation("setting", (lst - 45.0) % 360.0, 10.0, priority=100.0, min_nexp=60, exp_set_size=10)
+    rising = Observation("rising", (lst + 40.0) % 360.0, 10.0, priority=100.0, min_nexp=60, exp_set_size=10)
+    with_fit = Scheduler([setting, rising], eph, meridian_policy="ignore").decide(t)
+    without = Scheduler([setting, rising], eph, meridian_policy="ignore", block_fit=False).decide(t)
+    assert with_fit.winner == "rising"
+    s = with_fit.candidate("setting")
+    assert not s.vetoes and any("of the remaining block fits" in n for n in s.notes)
+    assert s.merit < without.candidate("setting").merit
+    # Rounds already done shrink the block: a nearly finished field fits again.
+    nearly_done = Scheduler([setting, rising], eph, meridian_policy="ignore").decide(
+        t, exposures_done={"setting": 50})
+    assert nearly_done.candidate("setting").merit > s.merit
