@@ -826,6 +826,15 @@ class Supervisor(UnitActor):
         if tick.kind != "tick":
             return
         now = self.clock.now()
+        wall = time.time()
+        stalled = wall - getattr(self, "last_tick_wall", wall)
+        self.last_tick_wall = wall
+        if stalled > 2.0:
+            # Ticks come every quarter second at most: a long gap means the computer
+            # (or this process) stalled, and the clock went on without us.
+            self.event("error", f"the unit stalled for {stalled:.1f} wall s ({stalled * self.clock.speed:.0f} "
+                                f"simulated s): nothing was watched or commanded meanwhile",
+                       stalled_wall_s=round(stalled, 2))
         self._integrate(now)
         self._check_init_timeouts()
         if self.deadline and now > self.deadline[0] and time.time() > self.deadline[1]:

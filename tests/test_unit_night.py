@@ -75,7 +75,8 @@ def test_unsafe_spell_parked_and_observing_resumed(night):
     # conf/weather/default.yaml turns cloudy, then rainy, in the middle of the night.
     unsafe = night.query("SELECT time_unix FROM events WHERE kind='safety' AND message LIKE 'UNSAFE%'"
                          " AND message NOT LIKE '%sun up%' ORDER BY time_unix")
-    assert unsafe, "the weather timeline's unsafe spell was not seen"
+    stalls = night.query("SELECT time, message FROM events WHERE message LIKE 'the unit stalled%'")
+    assert unsafe, f"the weather timeline's unsafe spell was not seen; stalls: {stalls}"
     t_unsafe = unsafe[0][0]
     parked_after = night.query("SELECT MIN(time_unix) FROM events WHERE kind='mount' AND message='mount parked'"
                                " AND time_unix >= ?", (t_unsafe,))[0][0]

@@ -1,0 +1,558 @@
+"""An AAG CloudWatcher at the wire: the station's RS-232 protocol served over
+TCP (and optionally a pseudo-terminal), backed by a weather timeline
+(``simulators.weather.WeatherTimeline``) sampled on the shared ``SimClock``.
+
+The real driver (``drivers/cloudwatcher.py``) talks to this exactly as it
+talks to a station on a serial line (pyserial reaches it with
+``socket://127.0.0.1:PORT``), so the same driver code runs in simulation and
+on a telescope.
+
+Run alone::
+
+    python -m simulators.cloudwatcher --port 0 [--timeline weather.yaml] [--speed 60]
+                                      [--start 2026-11-24T03:00:00] [--wall-origin T]
+                                      [--misbehave slow --delay 3] [--pty]
+
+It prints the URL to connect to (first line; with ``--pty`` the device path on
+the second line) and serves until Ctrl-C or SIGTERM.
+
+Wire format (as the firmware does it): a command is one or more characters
+ended by ``!`` (``S!``, ``P0100!``). Every answer is a run of 15-character
+blocks: ``!`` + a two-character code (space padded) + a 12-character value
+(right aligned), closed by the handshake block ``!\\x11`` + 12 spaces + ``0``.
+A command the station does not know is answered by the handshake block alone.
+
+==========  ==================================================================
+``A!``      ``!N CloudWatcher``: the internal name
+``B!``      ``!V `` + firmware version
+``C!``      ``!6 `` zener, ``!4 `` LDR, ``!5 `` rain sensor temperature (0-1023)
+``D!``      ``!E1`` .. ``!E4``: internal error counters
+``E!``      ``!R `` + rain sensor frequency (dry about 2200-2700; wet below 1700)
+``F!``      ``!X `` ``Switch Open`` or ``!Y `` ``Switch Close``; ``G!``/``H!`` set it
+``K!``      ``!K `` + serial number
+``Q!``      ``!Q `` + heater PWM (0-1023); ``Pnnnn!`` sets it and answers the same
+``S!``      ``!1 `` + sky IR temperature, hundredths of a degree C
+``T!``      ``!2 `` + IR sensor (ambient) temperature, hundredths of a degree C
+``v!``      ``!v `` + 1 if an anemometer is fitted
+``V!``      ``!w `` + anemometer reading (black model: km/h = 0.84 * n + 3 for
+            n > 0, else 0; grey model: km/h)
+``z!``      reset the serial buffers: the handshake block alone
+==========  ==================================================================
+
+The weather: sky IR temperature = ambient + sky_minus_ambient of the timeline
+sample in force (sampled every ``sample_interval_s`` simulated seconds, with
+the same small noise as ``SimulatedWeatherStation``); the rain frequency comes
+from the rain flag; the wind from the timeline's mean wind (the station has no
+gust sensor). While the timeline says ``offline`` the station answers nothing
+at all. A timeline given as a file is re-read when the file changes (a broken
+edit keeps the last good timeline), as the weather actor does.
+
+Misbehaviour (``set_misbehaviour`` or ``--misbehave``), to test a driver's
+error handling, the same switches as ``simulators/ioptron.py``:
+
+``normal``   correct replies.
+``silent``   no reply at all.
+``garbage``  each reply replaced by junk of the same length.
+``half``     only the first half of each reply is sent.
+``slow``     each reply is sent after ``delay_s`` wall seconds.
+``vanish``   every connection is closed and the TCP port stops listening (the
+             pty stays open but silent). Back to ``normal`` listens again on
+             the same port.
+
+``times=N`` limits ``silent``/``garbage``/``half``/``slow`` to the next N
+replies, then the simulator behaves again.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import threading
+import tty
+from pathlib import Path
+
+from observatory.clock import SimClock, parse_iso
+from simulators.weather import SimulatedWeatherStation, TimelineError, WeatherTimeline
+
+log = logging.getLogger(__name__)
+
+MODES = ("normal", "silent", "garbage", "half", "slow", "vanish")
+BLOCK = 15
+HANDSHAKE = b"!\x11" + b" " * 12 + b"0"
+_JUNK = "?!%&*@XYZqwz~^"
+MAX_COMMAND = 16          # longer runs without '!' are line noise and dropped
+
+
+def block(code: str, value) -> bytes:
+    """One 15-character reply block: '!' + code (2) + value right-aligned (12)."""
+    text = f"!{code:<2}{str(value):>12}"
+    if len(text) != BLOCK:
+        raise ValueError(f"block {text!r} is not {BLOCK} characters")
+    return text.encode("ascii")
+
+
+def black_anemometer_count(kph: float) -> int:
+    """The black anemometer's raw count for a wind speed (inverse of 0.84 n + 3)."""
+    return 0 if kph <= 3.0 else max(1, int(round((kph - 3.0) / 0.84)))
+
+
+# ---------------------------------------------------------------------------
+# A request/reply serial protocol over TCP (and a pty), with misbehaviour.
+# Generic: a candidate for a shared simulators/wire.py (the iOptron simulator
+# has the same machinery inline).
+
+
+class WireServer:
+    """Serves ``handle(command) -> bytes | None`` over TCP and optionally a pty.
+
+    Subclasses define ``split(buf) -> (commands, rest)`` and ``handle``.
+    """
+
+    thread_prefix = "wire-sim"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.host = host
+        self.port = int(port)
+        self._io_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._pty: tuple[int, int, str] | None = None
+        self._mode = "normal"
+        self._delay_s = 2.0
+        self._times: int | None = None
+        self._rng = random.Random(1)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"socket://{self.host}:{self.port}"
+
+    def start(self):
+        self._stop.clear()
+        self._listen()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._close_sockets()
+        with self._io_lock:
+            if self._pty is not None:
+                master, slave, _ = self._pty
+                self._pty = None
+                for fd in (master, slave):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            threads, self._threads = self._threads, []
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(timeout=1.0)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _listen(self) -> None:
+        with self._io_lock:
+            if self._listener is not None:
+                return
+            srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind((self.host, self.port))
+            srv.listen(4)
+            srv.settimeout(0.1)
+            self.port = srv.getsockname()[1]
+            self._listener = srv
+            self._spawn(self._accept_loop, srv)
+        log.info("%s listening on %s", self.thread_prefix, self.url)
+
+    def _close_sockets(self) -> None:
+        with self._io_lock:
+            srv, self._listener = self._listener, None
+            conns, self._conns = self._conns, set()
+        for s in [srv, *conns]:
+            if s is None:
+                continue
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _spawn(self, target, *args) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True,
+                             name=f"{self.thread_prefix}-{target.__name__}")
+        self._threads = [x for x in self._threads if x.is_alive()]
+        self._threads.append(t)
+        t.start()
+
+    def _accept_loop(self, srv: socket.socket) -> None:
+        while not self._stop.is_set() and self._listener is srv:
+            try:
+                conn, _ = srv.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(0.1)
+            with self._io_lock:
+                if self._listener is not srv:
+                    conn.close()
+                    return
+                self._conns.add(conn)
+                self._spawn(self._serve_socket, conn)
+
+    def _serve_socket(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while not self._stop.is_set() and conn in self._conns:
+                try:
+                    data = conn.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf = self._feed(buf + data, conn.sendall, lambda: conn in self._conns)
+        except OSError:
+            return
+        finally:
+            with self._io_lock:
+                self._conns.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def open_pty(self) -> str:
+        """Serve on a new pseudo-terminal; returns the device path to open."""
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no echo, no line editing: a bare serial line
+        path = os.ttyname(slave)
+        with self._io_lock:
+            self._pty = (master, slave, path)
+            self._spawn(self._serve_pty, master)
+        log.info("%s on pty %s", self.thread_prefix, path)
+        return path
+
+    def _serve_pty(self, master: int) -> None:
+        buf = b""
+
+        def write(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                n = os.write(master, view)
+                view = view[n:]
+
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([master], [], [], 0.1)
+                if not ready:
+                    continue
+                data = os.read(master, 4096)
+            except (OSError, ValueError):
+                return
+            if not data:
+                return
+            try:
+                buf = self._feed(buf + data, write, lambda: self._mode != "vanish")
+            except OSError:
+                return
+
+    # -- misbehaviour ------------------------------------------------------------
+
+    def set_misbehaviour(self, mode: str = "normal", delay_s: float | None = None,
+                         times: int | None = None) -> None:
+        """Switch how replies go wrong (see the module docstring)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown misbehaviour {mode!r} (known: {', '.join(MODES)})")
+        if delay_s is not None:
+            if not (math.isfinite(delay_s) and delay_s >= 0):
+                raise ValueError(f"delay_s must be >= 0, got {delay_s}")
+            self._delay_s = float(delay_s)
+        if times is not None and times < 1:
+            raise ValueError(f"times must be >= 1, got {times}")
+        with self._io_lock:
+            self._mode = mode
+            self._times = None if times is None else int(times)
+        if mode == "vanish":
+            self._close_sockets()
+        elif not self._stop.is_set() and self._listener is None and self.port != 0:
+            self._listen()
+
+    def behave(self) -> None:
+        self.set_misbehaviour("normal")
+
+    @property
+    def misbehaviour(self) -> str:
+        return self._mode
+
+    def _take_mode(self) -> str:
+        with self._io_lock:
+            mode = self._mode
+            if mode in ("silent", "garbage", "half", "slow") and self._times is not None:
+                self._times -= 1
+                if self._times <= 0:
+                    self._mode, self._times = "normal", None
+            return mode
+
+    def _garble(self, reply: bytes) -> bytes:
+        return "".join(self._rng.choice(_JUNK) for _ in range(len(reply))).encode("ascii")
+
+    def _feed(self, buf: bytes, write, alive) -> bytes:
+        commands, buf = self.split(buf)
+        for command in commands:
+            reply = self.handle(command)
+            if reply is None:
+                continue
+            mode = self._take_mode()
+            if mode in ("silent", "vanish"):
+                continue
+            if mode == "garbage":
+                reply = self._garble(reply)
+            elif mode == "half":
+                reply = reply[: len(reply) // 2]
+            elif mode == "slow":
+                if self._stop.wait(self._delay_s):
+                    return b""
+            if reply and alive():
+                write(reply)
+        return buf
+
+    # -- for subclasses ------------------------------------------------------------
+
+    def split(self, buf: bytes) -> tuple[list[str], bytes]:
+        raise NotImplementedError
+
+    def handle(self, command: str) -> bytes | None:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------
+# The CloudWatcher
+
+
+class CloudWatcherSimulator(WireServer):
+    """Serves the AAG CloudWatcher RS-232 protocol for a weather timeline.
+
+    ``handle(command)`` is the protocol alone (``"S!"`` in, the exact reply
+    bytes out, or None while the station is offline); ``start()`` serves it
+    over TCP, ``open_pty()`` over a pseudo-terminal.
+    """
+
+    thread_prefix = "cloudwatcher-sim"
+
+    def __init__(self, timeline: WeatherTimeline, clock: SimClock, host: str = "127.0.0.1",
+                 port: int = 0, sample_interval_s: float = 30.0, timeline_path: str | Path | None = None,
+                 name: str = "CloudWatcher", firmware: str = "5.89", serial_number: str = "1234",
+                 anemometer: str = "black"):
+        super().__init__(host, port)
+        if anemometer not in ("black", "gray", "none"):
+            raise ValueError(f"anemometer must be black, gray or none, got {anemometer!r}")
+        for label, text, width in (("name", name, 12), ("firmware", firmware, 12),
+                                   ("serial_number", serial_number, 12)):
+            if not text or len(text) > width or not text.isascii():
+                raise ValueError(f"{label} must be 1 to {width} ASCII characters, got {text!r}")
+        self.clock = clock
+        self.station = SimulatedWeatherStation(timeline, clock, sample_interval_s=sample_interval_s)
+        self.timeline_path = None if timeline_path is None else str(timeline_path)
+        self._timeline_mtime = os.stat(self.timeline_path).st_mtime_ns if self.timeline_path else None
+        self.name = name
+        self.firmware = firmware
+        self.serial_number = serial_number
+        self.anemometer = anemometer
+        self._lock = threading.RLock()
+        self._switch_open = True
+        self._pwm = 30
+        self.commands_seen: list[str] = []
+
+    @classmethod
+    def from_file(cls, path: str | Path, clock: SimClock, start_unix: float | None = None, **kwargs):
+        start = clock.start_unix if start_unix is None else start_unix
+        return cls(WeatherTimeline.load(path, start), clock, timeline_path=path, **kwargs)
+
+    @property
+    def timeline(self) -> WeatherTimeline:
+        return self.station.timeline
+
+    @timeline.setter
+    def timeline(self, timeline: WeatherTimeline) -> None:
+        self.station.timeline = timeline
+
+    def _reload_if_changed(self) -> None:
+        if not self.timeline_path:
+            return
+        try:
+            mtime = os.stat(self.timeline_path).st_mtime_ns
+            if mtime == self._timeline_mtime:
+                return
+            self._timeline_mtime = mtime
+            self.station.timeline = WeatherTimeline.load(self.timeline_path, self.station.timeline.start_unix)
+            log.info("cloudwatcher simulator: timeline %s reloaded", self.timeline_path)
+        except (OSError, TimelineError) as exc:
+            log.error("cloudwatcher simulator: timeline %s invalid (%s); keeping the last good one",
+                      self.timeline_path, exc)
+
+    # -- the weather -------------------------------------------------------------
+
+    def sample(self) -> dict | None:
+        """The station's sample now, or None while it is offline."""
+        self._reload_if_changed()
+        now = self.clock.now()
+        if self.station.timeline.offline_since(now) is not None:
+            return None
+        return self.station.sample_at(now)
+
+    def rain_frequency(self, sample: dict) -> int:
+        rng = random.Random(round(sample["timestamp"] * 1000) + 17)
+        return rng.randint(1200, 1650) if sample["rain"] else rng.randint(2200, 2700)
+
+    # -- the protocol --------------------------------------------------------------
+
+    def split(self, buf: bytes) -> tuple[list[str], bytes]:
+        commands = []
+        while b"!" in buf:
+            chunk, buf = buf.split(b"!", 1)
+            text = chunk.decode("ascii", errors="replace").strip()
+            if text:
+                commands.append(text[-MAX_COMMAND:] + "!")
+        if len(buf) > MAX_COMMAND:  # a command that never ends: drop it, as a UART buffer would
+            buf = b""
+        return commands, buf
+
+    def handle(self, command: str) -> bytes | None:
+        with self._lock:
+            self.commands_seen.append(command)
+            del self.commands_seen[:-200]
+            sample = self.sample()
+            if sample is None:
+                return None            # offline: the station says nothing
+            body = command[:-1] if command.endswith("!") else command
+            return b"".join(self._dispatch(body, sample)) + HANDSHAKE
+
+    def _dispatch(self, body: str, sample: dict) -> list[bytes]:
+        if body == "A":
+            return [block("N", self.name)]
+        if body == "B":
+            return [block("V", self.firmware)]
+        if body == "C":
+            # Zener, light (dark sky: high LDR count), rain sensor temperature.
+            return [block("6", 975), block("4", 1012), block("5", 600)]
+        if body == "D":
+            return [block(f"E{i}", 0) for i in range(1, 5)]
+        if body == "E":
+            return [block("R", self.rain_frequency(sample))]
+        if body == "F":
+            return [self._switch()]
+        if body in ("G", "H"):
+            self._switch_open = body == "G"
+            return [self._switch()]
+        if body == "K":
+            return [block("K", self.serial_number)]
+        if body == "Q":
+            return [block("Q", self._pwm)]
+        if len(body) == 5 and body[0] == "P" and body[1:].isdigit() and int(body[1:]) <= 1023:
+            self._pwm = int(body[1:])
+            return [block("Q", self._pwm)]
+        if body == "S":
+            sky = sample["ambient_c"] + sample["sky_minus_ambient_c"]
+            return [block("1", int(round(sky * 100)))]
+        if body == "T":
+            return [block("2", int(round(sample["ambient_c"] * 100)))]
+        if body == "v":
+            return [block("v", 0 if self.anemometer == "none" else 1)]
+        if body == "V" and self.anemometer != "none":
+            wind = sample["wind_kph"]
+            count = black_anemometer_count(wind) if self.anemometer == "black" else int(round(wind))
+            return [block("w", count)]
+        return []   # z! (reset) and anything unknown: the handshake alone
+
+    def _switch(self) -> bytes:
+        return block("X", "Switch Open") if self._switch_open else block("Y", "Switch Close")
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m simulators.cloudwatcher",
+                                description="AAG CloudWatcher RS-232 weather station simulator (TCP, optional pty)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (default)")
+    p.add_argument("--pty", action="store_true", help="also serve on a pseudo-terminal")
+    p.add_argument("--timeline", default=None, help="weather timeline YAML (default: clear all night)")
+    p.add_argument("--timeline-start", default=None,
+                   help="ISO UTC time that 'after:' entries count from (default: the clock's start)")
+    p.add_argument("--sample-interval", type=float, default=30.0, help="simulated seconds between samples")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--start", default=None, help="simulated start time, ISO UTC (default: now)")
+    p.add_argument("--wall-origin", type=float, default=None,
+                   help="wall time (Unix s) at which the clock reads --start, to share another process's clock")
+    p.add_argument("--anemometer", choices=("black", "gray", "none"), default="black")
+    p.add_argument("--serial-number", default="1234", help="what K! reports")
+    p.add_argument("--misbehave", choices=MODES, default="normal", help="start misbehaving this way")
+    p.add_argument("--delay", type=float, default=2.0, help="reply delay for --misbehave slow, wall seconds")
+    p.add_argument("--times", type=int, default=None, help="misbehave for this many replies only")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    if not args.speed > 0:
+        p.error(f"--speed must be > 0, got {args.speed}")
+
+    start = parse_iso(args.start) if args.start else None
+    if args.wall_origin is not None:
+        clock = SimClock(start_unix=start if start is not None else args.wall_origin,
+                         speed=args.speed, wall_origin=args.wall_origin)
+    else:
+        clock = SimClock.starting_now(start, speed=args.speed)
+    timeline_start = parse_iso(args.timeline_start) if args.timeline_start else clock.start_unix
+    try:
+        if args.timeline:
+            timeline = WeatherTimeline.load(args.timeline, timeline_start)
+        else:
+            timeline = WeatherTimeline.from_list([], timeline_start)
+        sim = CloudWatcherSimulator(timeline, clock, host=args.host, port=args.port,
+                                    sample_interval_s=args.sample_interval, timeline_path=args.timeline,
+                                    serial_number=args.serial_number, anemometer=args.anemometer)
+    except (OSError, ValueError) as exc:   # TimelineError is a ValueError
+        print(f"cloudwatcher simulator: {exc}", file=sys.stderr)
+        return 2
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    sim.start()
+    print(sim.url, flush=True)
+    if args.pty:
+        print(sim.open_pty(), flush=True)
+    sim.set_misbehaviour(args.misbehave, delay_s=args.delay,
+                         times=args.times if args.misbehave != "normal" else None)
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
