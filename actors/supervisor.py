@@ -35,12 +35,13 @@ from messages import (AbortExposure, AnalyzeFrame, CheckObservation, CloseObserv
                       SlewTo, StartExposure, StartUnit, StopUnit, Tick, UnitFailed, UnitStarted,
                       UnitStateChanged, UnitStatus, UnitStopped, WriteNightSummary, new_request_id)
 from observatory import headers
-from observatory.astro import Ephemeris, Site
+from observatory.astro import Ephemeris, Site, lst_deg
 from observatory.clock import SimClock, iso
 from observatory.statetable import load_state_table
 
 # Devices without which the unit cannot observe at all.
 VITAL_ROLES = ("mount", "safety", "weather", "scheduler", "archive", "analysis")
+SIDEREAL_DEG_PER_S = 360.0 / 86164.0905
 ARCHIVE_MESSAGES = (RecordEvent, RecordObservation, CloseObservation, RecordExposure, RecordMetrics,
                     RecordDecision, WriteNightSummary)
 
@@ -134,6 +135,7 @@ class Supervisor(UnitActor):
         self.round_index = 0
         self.in_flight_analysis: dict[str, AnalyzeFrame] = {}
         self.last_drift = None
+        self.flip_at = None            # simulated time of a planned meridian flip
         self.last_decision = None
         self.retry_at = -math.inf
         self.archive_backlog: list[Message] = []
@@ -355,6 +357,8 @@ class Supervisor(UnitActor):
         if self.stopping and state not in ("parking", "parked"):
             return
         self.state, self.state_since, self.deadline = state, self.clock.now(), None
+        if state != "tracking":
+            self.flip_at = None
         target = self.observation.name if self.observation else None
         line = f"{previous} -> {state}" + (f" ({note})" if note else "")
         self.event("state", line, state=state, previous=previous, target=target)
@@ -536,6 +540,17 @@ class Supervisor(UnitActor):
         addr = self._address("mount")
         if addr is None:
             return
+        wait = self._meridian_wait(self.clock.now())
+        if wait is not None:
+            # A German equatorial mount cannot track through the meridian: stop the
+            # set here, wait until the field has crossed, then flip (re-slew to the
+            # same field, which puts the mount on the other side of the pier) and
+            # re-point. The observation, its sequence and its set count go on.
+            margin = self.config["observing"]["meridian_flip_margin"]
+            self.flip_at = self.clock.now() + wait + margin
+            self.event("tracking", f"{self.observation.name} reaches the meridian in {wait:.0f} s: "
+                                   f"flipping in {wait + margin:.0f} s", field=self.observation.name)
+            return
         d = self.last_drift
         threshold = self.config["observing"]["drift_threshold_px"]
         if d is not None and math.hypot(d[0], d[1]) > threshold:
@@ -550,6 +565,24 @@ class Supervisor(UnitActor):
             return
         self._ask(addr, SetTracking(on=True), "tracking")
         self.set_deadline(60.0, "tracking confirmation")
+
+    def _meridian_wait(self, now) -> float | None:
+        """Seconds until the field crosses the meridian, if the next exposure would."""
+        ob = self.observation
+        if ob is None or not self.config["observing"]["meridian_flip"]:
+            return None
+        ha = (lst_deg(now, self.site["longitude"]) - ob.ra_deg + 180.0) % 360.0 - 180.0
+        readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in self.cameras()) \
+            if self.cameras() else 5.0
+        exposure_ha = (ob.exptime + readout) * SIDEREAL_DEG_PER_S
+        if ha < 0 <= ha + exposure_ha:
+            return -ha / SIDEREAL_DEG_PER_S
+        return None
+
+    def _tick_tracking(self, now):
+        if self.flip_at is not None and now >= self.flip_at:
+            self.flip_at = None
+            self.goto("slewing", "meridian flip")
 
     def receiveMsg_DeviceStatus(self, msg: DeviceStatus, sender):
         purpose = self._expected(msg)

@@ -440,9 +440,17 @@ class IndiClient:
         return self.wait_for(device, name, predicate, timeout=timeout, what=what)
 
 
-from drivers.indi_devices import (IndiCamera, IndiDevice, IndiDome, IndiFilterWheel,  # noqa: E402
-                                  IndiFocuser, IndiMount, IndiWeather)
+_DEVICE_CLASSES = ("IndiDevice", "IndiMount", "IndiCamera", "IndiFocuser", "IndiFilterWheel",
+                   "IndiDome", "IndiWeather")
 
-__all__ = ["IndiClient", "IndiError", "IndiProperty", "IndiBlob", "IndiDevice", "IndiMount",
-           "IndiCamera", "IndiFocuser", "IndiFilterWheel", "IndiDome", "IndiWeather",
+
+def __getattr__(name):
+    # The device drivers import this module, so they are loaded on first use.
+    if name in _DEVICE_CLASSES:
+        from drivers import indi_devices
+        return getattr(indi_devices, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["IndiClient", "IndiError", "IndiProperty", "IndiBlob", *_DEVICE_CLASSES,
            "parse_number", "parse_timestamp"]

@@ -69,6 +69,7 @@ import logging
 import math
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -86,6 +87,7 @@ MODES = ("normal", "silent", "garbage", "half", "slow", "vanish")
 BLOCK = 15
 HANDSHAKE = b"!\x11" + b" " * 12 + b"0"
 _JUNK = "?!%&*@XYZqwz~^"
+_COMMAND = re.compile(r"[A-Za-z0-9]+$")
 MAX_COMMAND = 16          # longer runs without '!' are line noise and dropped
 
 
@@ -430,9 +432,11 @@ class CloudWatcherSimulator(WireServer):
         commands = []
         while b"!" in buf:
             chunk, buf = buf.split(b"!", 1)
-            text = chunk.decode("ascii", errors="replace").strip()
-            if text:
-                commands.append(text[-MAX_COMMAND:] + "!")
+            # The command is the run of letters and digits just before '!';
+            # anything before it is line noise.
+            match = _COMMAND.search(chunk.decode("ascii", errors="replace"))
+            if match:
+                commands.append(match.group(0)[-MAX_COMMAND:] + "!")
         if len(buf) > MAX_COMMAND:  # a command that never ends: drop it, as a UART buffer would
             buf = b""
         return commands, buf
