@@ -57,7 +57,9 @@ def validate_inputs(config: dict, start_unix: float) -> None:
 
     load_state_table(config["states"])
     load_fields(config["scheduler"]["fields_file"])
-    if config["weather"]["driver"] == "simulator" and config["weather"]["timeline"]:
+    weather = config["weather"]
+    simulated = weather["driver"] == "simulator" or weather["settings"].get("port") == "simulator"
+    if simulated and weather["timeline"]:
         WeatherTimeline.load(config["weather"]["timeline"], start_unix)
 
 

@@ -18,6 +18,8 @@ class WeatherActor(UnitActor):
 
     def setup(self, msg):
         self.driver_name = self.settings.get("driver", "simulator")
+        if self.driver_name == "cloudwatcher":
+            return self._setup_station()
         if self.driver_name != "simulator":
             raise ValueError(f"unknown weather driver {self.driver_name!r}")
         from simulators.weather import SimulatedWeatherStation
@@ -49,9 +51,62 @@ class WeatherActor(UnitActor):
             self.timeline_mtime = None if isinstance(e, OSError) else self.timeline_mtime
             self.log.error("weather_timeline_invalid", error=str(e), note="keeping the last good timeline")
 
+    # -- a real station (drivers/cloudwatcher.py): polled on its own cadence ------
+
+    def _setup_station(self):
+        from drivers.cloudwatcher import CloudWatcher
+        self.driver = CloudWatcher(dict(self.settings.get("settings") or {}), self.clock)
+        self.last_reading = None
+        self.read_failures = 0
+        self.station_info = None
+        self._poll()            # a station that does not answer yet is no reason to fail
+        self._schedule_poll()
+        return {"connect": self.station_info, "reading": self.last_reading}
+
+    def _schedule_poll(self):
+        interval = float(self.settings.get("sample_interval", 30.0))
+        self.wake_in_wall(max(self.clock.wall_seconds(interval), 0.05), "poll")
+
+    def _poll(self):
+        """Read the station; on failure keep the last good reading (it goes
+        stale, and the safety rules say so), log, and try again next time."""
+        from drivers.cloudwatcher import CloudWatcherError
+        try:
+            if self.station_info is None:
+                self.station_info = self.driver.connect()
+                self.log.info("weather_station_connected", station=self.station_info)
+            self.last_reading = self.driver.read()
+            if self.read_failures:
+                self.log.info("weather_station_answering_again", after_failures=self.read_failures)
+            self.read_failures = 0
+        except CloudWatcherError as e:
+            self.read_failures += 1
+            last = self.last_reading["timestamp"] if self.last_reading else None
+            log = self.log.error if self.read_failures == 1 else self.log.warning
+            if self.read_failures == 1 or self.read_failures % 20 == 0:
+                log("weather_station_read_failed", error=str(e), failures=self.read_failures,
+                    last_reading_unix=last)
+
+    def on_tick(self, tick):
+        if tick.kind == "poll" and self.driver_name == "cloudwatcher":
+            self._poll()
+            self._schedule_poll()
+
+    def _current(self):
+        return self.last_reading if self.driver_name == "cloudwatcher" else self.driver.read()
+
     def device_status(self):
-        return self.driver.read() or {}
+        status = dict(self._current() or {})
+        if self.driver_name == "cloudwatcher":
+            status.update(station=self.station_info, read_failures=self.read_failures)
+        return status
+
+    def teardown(self):
+        close = getattr(getattr(self, "driver", None), "close", None)
+        if close is not None:
+            close()
 
     def receiveMsg_ReadWeather(self, msg: ReadWeather, sender):
-        self._reload_if_changed()
-        self.send(sender, WeatherReading(name=self.name, reading=self.driver.read(), request_id=msg.request_id))
+        if self.driver_name == "simulator":
+            self._reload_if_changed()
+        self.send(sender, WeatherReading(name=self.name, reading=self._current(), request_id=msg.request_id))

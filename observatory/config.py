@@ -70,9 +70,15 @@ class CameraConfig(_DeviceConfig):
 
 
 class WeatherConfig(_Section):
-    driver: Literal["simulator"] = "simulator"
+    driver: Literal["simulator", "cloudwatcher"] = "simulator"
+    settings: dict = Field(default_factory=dict, description="the cloudwatcher driver's settings")
     timeline: str | None = "weather/default.yaml"
     sample_interval: float = Field(30.0, gt=0, description="simulated seconds between readings")
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, v: dict) -> dict:
+        return _text_keys(v)
 
 
 class SafetyConfig(_Section):
@@ -184,6 +190,11 @@ def _check_driver_settings(source: str, cfg: UnitConfig) -> None:
         from drivers.ioptron import IOptronMount        # checks its settings without opening the port
         checks.append(("mount.settings", lambda: IOptronMount(
             dict(cfg.mount.settings), clock, cfg.location.latitude, cfg.location.longitude)))
+    if cfg.weather.driver == "cloudwatcher":
+        from drivers.cloudwatcher import CloudWatcher   # checks its settings without opening the port
+        checks.append(("weather.settings", lambda: CloudWatcher(dict(cfg.weather.settings), clock)))
+    elif cfg.weather.settings:
+        raise ConfigError(f"{source}: weather.settings: the simulator driver takes no settings")
     for i, cam in enumerate(cfg.cameras):
         if cam.driver == "simulator":
             from simulators.camera import SimulatedCamera

@@ -40,6 +40,33 @@ def start_wire_simulators(config: dict, clock: SimClock, pandir: Path) -> tuple[
     """Returns the configuration with simulator ports filled in, and the simulators."""
     config = copy.deepcopy(config)
     started: list[WireSimulator] = []
+    try:
+        _start_mount(config, clock, pandir, started)
+        _start_weather(config, clock, pandir, started)
+    except Exception:
+        for sim in started:
+            sim.stop()
+        raise
+    config["simulator_pids"] = [sim.process.pid for sim in started]
+    return config, started
+
+
+def _clock_args(clock: SimClock) -> list[str]:
+    return ["--speed", repr(clock.speed), "--start", iso(clock.start_unix), "--wall-origin", repr(clock.wall_origin)]
+
+
+def _start_weather(config: dict, clock: SimClock, pandir: Path, started: list[WireSimulator]) -> None:
+    weather = config["weather"]
+    if weather["driver"] != "cloudwatcher" or weather["settings"].get("port") != SIMULATE:
+        return
+    args = [sys.executable, "-m", "simulators.cloudwatcher", "--port", "0", *_clock_args(clock),
+            "--sample-interval", repr(weather["sample_interval"])]
+    if weather.get("timeline"):
+        args += ["--timeline", weather["timeline"]]
+    weather["settings"]["port"] = _start(args, started, "weather", Path(pandir) / "logs" / "sim-cloudwatcher.log")
+
+
+def _start_mount(config: dict, clock: SimClock, pandir: Path, started: list[WireSimulator]) -> None:
     mount = config["mount"]
     if mount["driver"] == "ioptron" and mount["settings"].get("port") == SIMULATE:
         state = Path(pandir) / "run" / "sim" / "ioptron.json"
@@ -52,15 +79,7 @@ def start_wire_simulators(config: dict, clock: SimClock, pandir: Path) -> tuple[
         for key, flag in (("slew_rate_deg_s", "--slew-rate"), ("altitude_limit_deg", "--altitude-limit")):
             if key in mount["settings"]:
                 args += [flag, repr(mount["settings"][key])]
-        try:
-            url = _start(args, started, "mount", Path(pandir) / "logs" / "sim-ioptron.log")
-        except Exception:
-            for sim in started:
-                sim.stop()
-            raise
-        mount["settings"]["port"] = url
-    config["simulator_pids"] = [sim.process.pid for sim in started]
-    return config, started
+        mount["settings"]["port"] = _start(args, started, "mount", Path(pandir) / "logs" / "sim-ioptron.log")
 
 
 def _start(args: list[str], started: list[WireSimulator], device: str, log_path: Path) -> str:

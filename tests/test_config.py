@@ -77,7 +77,7 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert cfg["mount"] == {"driver": "simulator", "settings": {}}
     assert [(c["name"], c["primary"]) for c in cfg["cameras"]] == [("cam00", True), ("cam01", False)]
     assert cfg["primary_camera"] == "cam00"
-    assert cfg["weather"] == {"driver": "simulator", "timeline": None, "sample_interval": 30.0}
+    assert cfg["weather"] == {"driver": "simulator", "settings": {}, "timeline": None, "sample_interval": 30.0}
     assert cfg["safety"]["reopen_after"] == 300.0 and cfg["safety"]["max_wind"] == 50.0
     assert cfg["scheduler"]["moon_separation"] == 15.0 and cfg["scheduler"]["hysteresis"] == 0.1
     assert cfg["observing"]["pointing_exptime"] == 30.0
@@ -371,3 +371,16 @@ def test_run_unit_bad_command_line_exits_2(tmp_path, args, words):
     assert result.returncode == 2, result.stdout + result.stderr
     assert words in result.stderr
     assert not (tmp_path / "pandir").exists()
+
+
+def test_cloudwatcher_settings_checked_at_load(tmp_path):
+    base = {"states": str(ROOT / "conf" / "states.yaml"),
+            "scheduler": {"fields_file": str(ROOT / "conf" / "fields.yaml")}}
+    ok = load_config(write(tmp_path, {**base, "weather": {"driver": "cloudwatcher", "timeline": None,
+                                                          "settings": {"port": "simulator", "retries": 1}}}))
+    assert ok["weather"]["settings"] == {"port": "simulator", "retries": 1}
+    with pytest.raises(ConfigError, match="weather.settings: unknown cloudwatcher setting.*timeout"):
+        load_config(write(tmp_path, {**base, "weather": {"driver": "cloudwatcher", "timeline": None,
+                                                         "settings": {"port": "simulator", "timeout": 1}}}))
+    with pytest.raises(ConfigError, match="weather.settings: the simulator driver takes no settings"):
+        load_config(write(tmp_path, {**base, "weather": {"timeline": None, "settings": {"port": "x"}}}))
