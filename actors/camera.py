@@ -12,6 +12,9 @@ def make_camera_driver(name: str, settings: dict, clock):
     if driver == "simulator":
         from simulators.camera import SimulatedCamera
         return SimulatedCamera(name, settings.get("settings", {}), clock)
+    if driver == "indi":
+        from drivers.indi import IndiCamera
+        return IndiCamera(settings.get("settings", {}), clock, name=name)
     raise ValueError(f"unknown camera driver {driver!r}")
 
 

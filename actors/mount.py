@@ -18,6 +18,9 @@ def make_mount_driver(settings: dict, clock, site: dict, pandir: str):
         state_file.parent.mkdir(parents=True, exist_ok=True)
         return SimulatedMount(settings.get("settings", {}), clock, site["latitude"], site["longitude"],
                               state_file=state_file)
+    if driver == "indi":
+        from drivers.indi import IndiMount
+        return IndiMount(settings.get("settings", {}), clock, site["latitude"], site["longitude"])
     if driver == "ioptron":
         from drivers.ioptron import IOptronMount
         return IOptronMount(settings.get("settings", {}), clock, site["latitude"], site["longitude"])

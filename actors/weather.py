@@ -13,12 +13,15 @@ from messages import ReadWeather, WeatherReading
 from observatory.clock import parse_iso
 
 
+STATION_DRIVERS = ("cloudwatcher", "indi")     # real stations, polled by the actor
+
+
 class WeatherActor(UnitActor):
     role = "weather"
 
     def setup(self, msg):
         self.driver_name = self.settings.get("driver", "simulator")
-        if self.driver_name == "cloudwatcher":
+        if self.driver_name in STATION_DRIVERS:
             return self._setup_station()
         if self.driver_name != "simulator":
             raise ValueError(f"unknown weather driver {self.driver_name!r}")
@@ -51,11 +54,16 @@ class WeatherActor(UnitActor):
             self.timeline_mtime = None if isinstance(e, OSError) else self.timeline_mtime
             self.log.error("weather_timeline_invalid", error=str(e), note="keeping the last good timeline")
 
-    # -- a real station (drivers/cloudwatcher.py): polled on its own cadence ------
+    # -- a real station (drivers/cloudwatcher.py, drivers/indi.py): polled on its own cadence --
 
     def _setup_station(self):
-        from drivers.cloudwatcher import CloudWatcher
-        self.driver = CloudWatcher(dict(self.settings.get("settings") or {}), self.clock)
+        settings = dict(self.settings.get("settings") or {})
+        if self.driver_name == "indi":
+            from drivers.indi import IndiWeather
+            self.driver = IndiWeather(settings, self.clock)
+        else:
+            from drivers.cloudwatcher import CloudWatcher
+            self.driver = CloudWatcher(settings, self.clock)
         self.last_reading = None
         self.read_failures = 0
         self.station_info = None
@@ -71,6 +79,7 @@ class WeatherActor(UnitActor):
         """Read the station; on failure keep the last good reading (it goes
         stale, and the safety rules say so), log, and try again next time."""
         from drivers.cloudwatcher import CloudWatcherError
+        from drivers.indi import IndiError
         try:
             if self.station_info is None:
                 self.station_info = self.driver.connect()
@@ -79,7 +88,7 @@ class WeatherActor(UnitActor):
             if self.read_failures:
                 self.log.info("weather_station_answering_again", after_failures=self.read_failures)
             self.read_failures = 0
-        except CloudWatcherError as e:
+        except (CloudWatcherError, IndiError) as e:
             self.read_failures += 1
             last = self.last_reading["timestamp"] if self.last_reading else None
             log = self.log.error if self.read_failures == 1 else self.log.warning
@@ -88,16 +97,16 @@ class WeatherActor(UnitActor):
                     last_reading_unix=last)
 
     def on_tick(self, tick):
-        if tick.kind == "poll" and self.driver_name == "cloudwatcher":
+        if tick.kind == "poll" and self.driver_name in STATION_DRIVERS:
             self._poll()
             self._schedule_poll()
 
     def _current(self):
-        return self.last_reading if self.driver_name == "cloudwatcher" else self.driver.read()
+        return self.last_reading if self.driver_name in STATION_DRIVERS else self.driver.read()
 
     def device_status(self):
         status = dict(self._current() or {})
-        if self.driver_name == "cloudwatcher":
+        if self.driver_name in STATION_DRIVERS:
             status.update(station=self.station_info, read_failures=self.read_failures)
         return status
 

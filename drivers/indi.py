@@ -66,6 +66,7 @@ class IndiProperty:
     timestamp: float | None = None       # driver's timestamp (Unix s), if it sent one
     updated: float = 0.0                 # local time.monotonic() of the last update
     generation: int = 0
+    sets: int = 0                        # set*Vector updates since the last def*Vector
     message: str | None = None
 
     def on(self) -> list[str]:
@@ -183,7 +184,8 @@ class IndiClient:
             self.connect()
         except IndiError as exc:
             raise IndiError(f"{exc} (the link had failed: {earlier})" if earlier else str(exc)) from None
-        log.warning("reconnected to indiserver at %s after: %s", self.address, earlier)
+        if earlier is not None and earlier != "connection closed by the client":
+            log.warning("reconnected to indiserver at %s after: %s", self.address, earlier)
         return True
 
     def close(self) -> None:
@@ -299,6 +301,7 @@ class IndiClient:
                 prop.message = elem.get("message")
                 prop.updated = now
                 prop.generation += 1
+                prop.sets += 1
                 self._cond.notify_all()
             if elem.get("message"):
                 with self._cond:

@@ -266,6 +266,9 @@ class IndiMount(IndiDevice):
     def _after_connect(self):
         for name in ("EQUATORIAL_EOD_COORD", "TELESCOPE_PARK", "TELESCOPE_TRACK_STATE"):
             self._need(name, self.settings["connect_timeout_s"])
+        # The definition carries placeholder coordinates; wait for the first real report.
+        self.client.wait_for(self.device, "EQUATORIAL_EOD_COORD", lambda p: p.sets > 0,
+                             timeout=self.settings["connect_timeout_s"], what="the first position report")
         if self.settings["set_site"] and self._maybe("GEOGRAPHIC_COORD") is not None:
             self._send_and_confirm("GEOGRAPHIC_COORD", "number",
                                    {"LAT": self.latitude_deg, "LONG": self.longitude_deg % 360.0,
@@ -407,8 +410,13 @@ class IndiMount(IndiDevice):
             return expected
 
     def stop(self) -> None:
+        """Halt both axes, tracking off (as simulators.mount). Aborts a slew or
+        park; harmless when parked (the mount stays parked)."""
         with self._lock:
             self._ready()
+            if self._parked():
+                return
+            was_moving = self._need("EQUATORIAL_EOD_COORD").state == "Busy"
             self._send_and_confirm("TELESCOPE_ABORT_MOTION", "switch", {"ABORT": True},
                                    done=lambda p: p.state != "Busy", what="abort motion")
             self._motion = None
@@ -418,6 +426,17 @@ class IndiMount(IndiDevice):
                                      timeout=self.settings["timeout_s"], what="motion to stop")
             except IndiError as exc:
                 raise self._err(f"abort sent but the mount still reports motion: {exc}") from None
+            if was_moving and self._maybe("TELESCOPE_TRACK_STATE") is not None:
+                # INDI drivers restore the tracking of before the slew a moment after an abort.
+                try:
+                    self.client.wait_for(self.device, "TELESCOPE_TRACK_STATE",
+                                         lambda p: p.values.get("TRACK_ON") == "On", timeout=1.0)
+                except IndiError:
+                    pass
+            track = self._maybe("TELESCOPE_TRACK_STATE")
+            if track is not None and track.values.get("TRACK_ON") == "On":
+                self._send_and_confirm("TELESCOPE_TRACK_STATE", "switch", {"TRACK_OFF": True},
+                                       done=lambda p: p.values.get("TRACK_OFF") == "On", what="tracking off")
 
     def set_tracking(self, on: bool) -> None:
         with self._lock:
@@ -426,7 +445,8 @@ class IndiMount(IndiDevice):
                 raise self._err("cannot turn tracking on: mount is parked")
             el = "TRACK_ON" if on else "TRACK_OFF"
             self._send_and_confirm("TELESCOPE_TRACK_STATE", "switch", {el: True},
-                                   done=lambda p: p.values.get(el) == "On" and p.state != "Busy",
+                                   # INDI reports tracking in progress as Busy
+                                   done=lambda p: p.values.get(el) == "On",
                                    what=f"tracking {'on' if on else 'off'}")
 
     def guide(self, ra_ms: float, dec_ms: float) -> None:
@@ -506,9 +526,11 @@ class IndiCamera(IndiDevice):
         d["name"] = self.name
         ccd = self._maybe("CCD_INFO")
         if ccd:
-            d.update(width=int(ccd.values.get("CCD_MAX_X", 0)), height=int(ccd.values.get("CCD_MAX_Y", 0)),
-                     pixel_size_um=ccd.values.get("CCD_PIXEL_SIZE"),
-                     bits_per_pixel=int(ccd.values.get("CCD_BITSPERPIXEL", 0)))
+            def known(key):      # drivers leave 0 until they know (the simulator until its first frame)
+                v = ccd.values.get(key)
+                return v if v else None
+            d.update(width=known("CCD_MAX_X"), height=known("CCD_MAX_Y"),
+                     pixel_size_um=known("CCD_PIXEL_SIZE"), bits_per_pixel=known("CCD_BITSPERPIXEL"))
         d["readout_time"] = self.settings["readout_time"]
         return d
 
@@ -569,6 +591,10 @@ class IndiCamera(IndiDevice):
                 p = c.get(dev, "CCD_EXPOSURE")
                 if p is not None and p.generation > exp["exp_gen"] and p.state == "Alert":
                     return "the driver reported the exposure failed (Alert)" + self._recent_messages()
+                conn = c.get(dev, "CONNECTION")
+                if conn is None or conn.values.get("CONNECT") != "On":
+                    return ("the device disconnected during the exposure (its driver was probably "
+                            "restarted by indiserver)")
                 return None
 
             while True:
@@ -768,7 +794,7 @@ class IndiFilterWheel(IndiDevice):
             raise IndiError(f"{self.device}: filter slot must be an integer, got {n!r}")
         with self._lock:
             self._ready()
-            prop = self._need("FILTER_SLOT")
+            self._need("FILTER_SLOT")
             count = len(self.names())
             if n < 1 or (count and n > count):
                 raise IndiError(f"{self.device}: no filter slot {n} (slots 1-{count or '?'})")
@@ -777,7 +803,6 @@ class IndiFilterWheel(IndiDevice):
                                    done=lambda p: p.state in ("Ok", "Idle")
                                    and int(round(p.values["FILTER_SLOT_VALUE"])) == n,
                                    what=f"filter slot {n}")
-            del prop
             return n
 
     def close(self) -> None:
@@ -866,7 +891,9 @@ class IndiWeather(IndiDevice):
     """An INDI weather station (WEATHER_PARAMETERS, WEATHER_STATUS).
 
     ``read()`` never raises: it returns the latest sample in the format of
-    simulators.weather (timestamp = when the device produced it), the last
+    simulators.weather and drivers/cloudwatcher.py (timestamp = when the
+    device produced it; ``conditions`` the cloudwatcher's descriptive labels,
+    or "unknown" without a sky temperature), the last
     sample with its old timestamp once the device goes silent (consumers
     judge the age), or None before the first sample. Values the device does
     not report are None (``rain`` is True when the rain element is > 0).
@@ -936,17 +963,28 @@ class IndiWeather(IndiDevice):
             if sky is not None and ambient is not None:
                 diff = sky - ambient
         rain_v = self._pick(v, "rain")
-        status = self.client.get(self.device, "WEATHER_STATUS")
-        overall = status.state if status else prop.state
         rain = bool(rain_v and rain_v > 0)
-        conditions = "rain" if rain else {"Ok": "safe", "Busy": "warning", "Alert": "unsafe"}.get(overall, "unknown")
+        wind = self._pick(v, "wind_kph")
+        # The same descriptive labels as drivers/cloudwatcher.py (safety uses the values).
+        if rain:
+            conditions = "rain"
+        elif wind is not None and wind > 50.0:
+            conditions = "windy"
+        elif diff is None:
+            conditions = "unknown"
+        elif diff > -10.0:
+            conditions = "very_cloudy"
+        elif diff > -25.0:
+            conditions = "cloudy"
+        else:
+            conditions = "clear"
         wall = prop.timestamp if prop.timestamp is not None else time.time() - (time.monotonic() - prop.updated)
         stamp = self._clock.sim_at_wall(wall) if hasattr(self._clock, "sim_at_wall") else wall
         self._last = {
             "timestamp": stamp,
             "sky_minus_ambient_c": None if diff is None else round(diff, 2),
             "ambient_c": None if ambient is None else round(ambient, 2),
-            "wind_kph": None if self._pick(v, "wind_kph") is None else round(self._pick(v, "wind_kph"), 1),
+            "wind_kph": None if wind is None else round(wind, 1),
             "gust_kph": None if self._pick(v, "gust_kph") is None else round(self._pick(v, "gust_kph"), 1),
             "rain": rain,
             "conditions": conditions,

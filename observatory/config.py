@@ -61,16 +61,17 @@ class _DeviceConfig(_Section):
 
 
 class MountConfig(_DeviceConfig):
-    driver: Literal["simulator", "ioptron"] = "simulator"
+    driver: Literal["simulator", "ioptron", "indi"] = "simulator"
 
 
 class CameraConfig(_DeviceConfig):
+    driver: Literal["simulator", "indi"] = "simulator"
     name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
     primary: bool = False
 
 
 class WeatherConfig(_Section):
-    driver: Literal["simulator", "cloudwatcher"] = "simulator"
+    driver: Literal["simulator", "cloudwatcher", "indi"] = "simulator"
     settings: dict = Field(default_factory=dict, description="the cloudwatcher driver's settings")
     timeline: str | None = "weather/default.yaml"
     sample_interval: float = Field(30.0, gt=0, description="simulated seconds between readings")
@@ -186,6 +187,10 @@ def _check_driver_settings(source: str, cfg: UnitConfig) -> None:
         from simulators.mount import SimulatedMount
         checks.append(("mount.settings", lambda: SimulatedMount(
             dict(cfg.mount.settings), clock, cfg.location.latitude, cfg.location.longitude)))
+    elif cfg.mount.driver == "indi":
+        from drivers.indi import IndiMount
+        checks.append(("mount.settings", lambda: IndiMount(
+            dict(cfg.mount.settings), clock, cfg.location.latitude, cfg.location.longitude)))
     elif cfg.mount.driver == "ioptron":
         from drivers.ioptron import IOptronMount        # checks its settings without opening the port
         checks.append(("mount.settings", lambda: IOptronMount(
@@ -193,6 +198,9 @@ def _check_driver_settings(source: str, cfg: UnitConfig) -> None:
     if cfg.weather.driver == "cloudwatcher":
         from drivers.cloudwatcher import CloudWatcher   # checks its settings without opening the port
         checks.append(("weather.settings", lambda: CloudWatcher(dict(cfg.weather.settings), clock)))
+    elif cfg.weather.driver == "indi":
+        from drivers.indi import IndiWeather
+        checks.append(("weather.settings", lambda: IndiWeather(dict(cfg.weather.settings), clock)))
     elif cfg.weather.settings:
         raise ConfigError(f"{source}: weather.settings: the simulator driver takes no settings")
     for i, cam in enumerate(cfg.cameras):
@@ -200,6 +208,10 @@ def _check_driver_settings(source: str, cfg: UnitConfig) -> None:
             from simulators.camera import SimulatedCamera
             checks.append((f"cameras.{i}.settings", lambda cam=cam: SimulatedCamera(
                 cam.name, dict(cam.settings), clock)))
+        elif cam.driver == "indi":
+            from drivers.indi import IndiCamera
+            checks.append((f"cameras.{i}.settings", lambda cam=cam: IndiCamera(
+                dict(cam.settings), clock, name=cam.name)))
     for key, make in checks:
         try:
             make()

@@ -11,6 +11,7 @@ happened inside the block.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -42,12 +43,13 @@ def free_port() -> int:
 
 class IndiServer:
     def __init__(self, drivers: list[str], workdir: str | os.PathLike | None = None,
-                 start_timeout_s: float = 10.0, verbose: bool = False):
+                 start_timeout_s: float = 10.0, verbose: bool = False, port: int | None = None):
         self.drivers = list(drivers)
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="indi-test-"))
         self.start_timeout_s = start_timeout_s
         self.verbose = verbose
+        self.fixed_port = port
         self.port: int | None = None
         self.socket_path: str | None = None
         self.proc: subprocess.Popen | None = None
@@ -64,10 +66,12 @@ class IndiServer:
         if len(str(sock)) > 100:
             sock = Path(tempfile.mkdtemp(prefix="indi-")) / "s"
         self.socket_path = str(sock)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)       # a stale socket from an earlier server
         env = dict(os.environ, HOME=str(home))
         last_error = None
         for _ in range(3):          # the free port can be taken between probe and bind
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             args = [exe, "-p", str(self.port), "-u", self.socket_path]
             if self.verbose:
                 args.append("-v")
