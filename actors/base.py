@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from messages import (CommandFailed, DeviceStatus, GetStatus, Initialize, InitializationFailed,
-                      Initialized, Message, PeersChanged, Tick)
+from messages import (CommandFailed, DeviceStatus, GetStatus, Heartbeat, HeartbeatReply, Initialize,
+                      InitializationFailed, Initialized, Message, PeersChanged, Tick)
 from observatory import logs
 from observatory.clock import SimClock
 from observatory.processes import set_parent_death_signal
@@ -69,6 +69,10 @@ class UnitActor(ActorTypeDispatcher):
     def receiveMsg_GetStatus(self, msg: GetStatus, sender):
         self.send(sender, DeviceStatus(name=self.name, pid=os.getpid(), epoch=self.epoch,
                                        status=self.device_status(), request_id=msg.request_id))
+
+    def receiveMsg_Heartbeat(self, msg: Heartbeat, sender):
+        self.send(sender, HeartbeatReply(name=self.name, pid=os.getpid(), epoch=self.epoch,
+                                         request_id=msg.request_id))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender):
         if isinstance(msg.payload, Tick):

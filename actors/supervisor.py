@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from actors.scheduler import SchedulerActor
 from actors.weather import WeatherActor
 from messages import (AbortExposure, AnalyzeFrame, CheckObservation, CloseObservation, CommandFailed, DeviceStatus,
                       ExposureAborted, ExposureComplete, ExposureFailed, ExposureStarted, FrameAnalyzed,
-                      GetStatus, GetUnitStatus, GuidePulse, Initialize, InitializationFailed, Initialized,
+                      GetStatus, GetUnitStatus, GuidePulse, Heartbeat, HeartbeatReply, Initialize, InitializationFailed, Initialized,
                       Message, MountArrived, MountMoving, NightComplete, NightSummaryWritten, ObservationChecked, Park,
                       PeersChanged, RecordDecision, RecordEvent, RecordExposure, RecordMetrics,
                       RecordObservation, RequestSchedule, SafetyVerdict, ScheduleDecision, SetTracking,
@@ -60,6 +61,7 @@ class Child:
     init_request: str | None = None
     init_sent_wall: float = 0.0
     restarts: deque = field(default_factory=deque)     # wall times of restarts
+    last_heartbeat_reply: float = 0.0                   # wall time
     restart_count: int = 0
 
 
@@ -184,6 +186,7 @@ class Supervisor(UnitActor):
         if not child or msg.request_id != child.init_request:
             return
         child.ready, child.pid = True, msg.pid
+        child.last_heartbeat_reply = time.time()
         self.log.info("child_ready", child=child.name, child_pid=msg.pid, epoch=msg.epoch)
         if child.role == "mount":
             self.mount_status = msg.info.get("status", {})
@@ -868,6 +871,8 @@ class Supervisor(UnitActor):
             self.event("error", f"the unit stalled for {stalled:.1f} wall s ({stalled * self.clock.speed:.0f} "
                                 f"simulated s): nothing was watched or commanded meanwhile",
                        stalled_wall_s=round(stalled, 2))
+            for child in self.children.values():
+                child.last_heartbeat_reply = wall      # we were not listening either: no verdict on them
         self._integrate(now)
         self._check_init_timeouts()
         if self.deadline and now > self.deadline[0] and time.time() > self.deadline[1]:
@@ -875,6 +880,7 @@ class Supervisor(UnitActor):
             self.deadline = None
             self._deadline_passed(what)
         self._check_owner()
+        self._check_heartbeats()
         if self.verdict_stale() and not self.table.is_always_safe(self.state):
             self.event("error", "safety verdicts stopped coming: parking")
             self.goto("parking", "safety silent")
@@ -883,6 +889,35 @@ class Supervisor(UnitActor):
             handler(now)
         self.write_status()
         self.wake_in_wall(min(max(self.clock.wall_seconds(5.0), 0.01), 0.25), "tick")
+
+    def _check_heartbeats(self):
+        """A blocked actor answers nothing, not even an exit request, and Thespian
+        notices nothing: kill a child silent for too long by pid, so that it is
+        restarted through the normal path (ChildActorExited)."""
+        sup = self.config["supervision"]
+        now = time.time()
+        if now - getattr(self, "last_heartbeat_sent", 0.0) < sup["heartbeat_interval"]:
+            return
+        self.last_heartbeat_sent = now
+        for child in self.children.values():
+            if not child.ready or child.failed or not child.pid:
+                continue
+            silent = now - child.last_heartbeat_reply
+            if silent > sup["heartbeat_timeout"]:
+                self.event("error", f"{child.name} hung (no heartbeat for {silent:.1f} s): killing pid {child.pid}",
+                           child=child.name, pid=child.pid)
+                child.ready = False
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                continue
+            self.send(child.address, Heartbeat())
+
+    def receiveMsg_HeartbeatReply(self, msg: HeartbeatReply, sender):
+        child = self.children.get(msg.name)
+        if child and child.epoch == msg.epoch:      # a reply from a replaced incarnation counts for nothing
+            child.last_heartbeat_reply = time.time()
 
     def _check_owner(self):
         """run_unit.py owns the actor system. Thespian's admin outlives it on purpose,
@@ -901,7 +936,6 @@ class Supervisor(UnitActor):
             if self.state not in ("parking", "parked"):
                 self.goto("parking", "service process gone")
         if self.state == "parked" or time.time() - self.orphaned_since > 120:
-            import signal
             # Thespian's admin put itself, its logger and every actor in one process
             # group of their own: end that group, gently first.
             self.event("unit", "ending the actor system (its owner is gone)")

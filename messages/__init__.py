@@ -72,6 +72,19 @@ class GetStatus(Message):
 
 
 @dataclass(frozen=True)
+class Heartbeat(Message):
+    """Are you alive and answering? Sent by the supervisor every few wall seconds."""
+    pass
+
+
+@dataclass(frozen=True)
+class HeartbeatReply(Message):
+    name: str
+    pid: int
+    epoch: int
+
+
+@dataclass(frozen=True)
 class DeviceStatus(Message):
     name: str
     pid: int

@@ -133,6 +133,8 @@ class SupervisionConfig(_Section):
     max_restarts: int = Field(5, ge=0)
     restart_period: float = Field(60.0, gt=0, description="wall seconds")
     init_timeout: float = Field(20.0, gt=0, description="wall seconds")
+    heartbeat_interval: float = Field(2.0, gt=0, description="wall seconds between heartbeats to each actor")
+    heartbeat_timeout: float = Field(10.0, gt=0, description="wall seconds of silence before a hung actor is killed")
 
 
 class UnitConfig(_Section):

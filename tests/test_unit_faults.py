@@ -113,3 +113,26 @@ def test_restart_budget_spent_escalates_to_parking_and_a_clear_error(tmp_path):
         assert unit.status()["mount"]["parked"] is True
     finally:
         unit.kill()
+
+
+def test_hung_camera_is_killed_and_restarted(tmp_path):
+    """A stopped process answers nothing, like an actor stuck in a driver call:
+    the supervisor notices the missing heartbeats, kills it by pid and restarts it."""
+    unit = RunningUnit(tmp_path, start=DARK_START, speed=300,
+                       overrides={"supervision.heartbeat_interval": 0.5, "supervision.heartbeat_timeout": 3.0})
+    try:
+        unit.wait_for(lambda: science_count(unit, "cam01") >= 1, 90, "cam01 science frames")
+        victim = unit.actor_pid("cam01")
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.time()
+        hung = unit.wait_for(lambda: unit.query(
+            "SELECT wall_unix, message FROM events WHERE message LIKE 'cam01 hung%'"), 30, "the hang noticed")
+        assert f"killing pid {victim}" in hung[0][1]
+        assert hung[0][0] - stopped_at < 3.0 + 2.0
+        unit.wait_for(lambda: unit.query("SELECT 1 FROM events WHERE kind='restart' AND message LIKE 'cam01%'"),
+                      30, "cam01 restarted")
+        after = sim_now(unit)
+        unit.wait_for(lambda: science_count(unit, "cam01", after=after) >= 1, 60, "cam01 frames after the restart")
+        assert unit.terminate() == 0
+    finally:
+        unit.kill()
