@@ -81,7 +81,8 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert cfg["safety"]["reopen_after"] == 300.0 and cfg["safety"]["max_wind"] == 50.0
     assert cfg["scheduler"]["moon_separation"] == 15.0 and cfg["scheduler"]["hysteresis"] == 0.1
     assert cfg["observing"]["pointing_exptime"] == 30.0
-    assert cfg["supervision"] == {"max_restarts": 5, "restart_period": 60.0, "init_timeout": 20.0}
+    assert cfg["supervision"] == {"max_restarts": 5, "restart_period": 60.0, "init_timeout": 20.0,
+                                  "heartbeat_interval": 2.0, "heartbeat_timeout": 10.0}
 
 
 def test_relative_paths_resolve_against_the_config_directory(tmp_path):
