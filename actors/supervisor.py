@@ -82,6 +82,7 @@ class Observation:
     frame_in_set: int = 0
     set_index: int = 0
     reference_sources: tuple = ()
+    flip_due: bool = False           # slewed to while east of the meridian: a flip will be needed
 
 
 class Supervisor(UnitActor):
@@ -518,6 +519,8 @@ class Supervisor(UnitActor):
         self.mount_status = msg.status
         if purpose == "slew" and self.state == "slewing":
             if msg.action == "slew":
+                if self.observation:
+                    self.observation.flip_due = self._hour_angle(self.clock.now()) < 0
                 self.goto("pointing", "on target")
             else:
                 self.goto("parking", f"slew interrupted: {msg.status.get('state')}")
@@ -545,14 +548,13 @@ class Supervisor(UnitActor):
             return
         wait = self._meridian_wait(self.clock.now())
         if wait is not None:
-            # A German equatorial mount cannot track through the meridian: stop the
-            # set here, wait until the field has crossed, then flip (re-slew to the
-            # same field, which puts the mount on the other side of the pier) and
+            # A German equatorial mount cannot track far past the meridian: stop the
+            # set before it, wait until the field has crossed, then flip (re-slew to
+            # the same field, which puts the mount on the other side of the pier) and
             # re-point. The observation, its sequence and its set count go on.
-            margin = self.config["observing"]["meridian_flip_margin"]
-            self.flip_at = self.clock.now() + wait + margin
-            self.event("tracking", f"{self.observation.name} reaches the meridian in {wait:.0f} s: "
-                                   f"flipping in {wait + margin:.0f} s", field=self.observation.name)
+            self.flip_at = self.clock.now() + wait
+            self.event("tracking", f"{self.observation.name} at the meridian: flipping in {wait:.0f} s",
+                       field=self.observation.name)
             return
         d = self.last_drift
         threshold = self.config["observing"]["drift_threshold_px"]
@@ -569,18 +571,23 @@ class Supervisor(UnitActor):
         self._ask(addr, SetTracking(on=True), "tracking")
         self.set_deadline(60.0, "tracking confirmation")
 
+    def _hour_angle(self, now) -> float:
+        """The current field's hour angle in degrees, in (-180, 180]."""
+        return (lst_deg(now, self.site["longitude"]) - self.observation.ra_deg + 180.0) % 360.0 - 180.0
+
     def _meridian_wait(self, now) -> float | None:
-        """Seconds until the field crosses the meridian, if the next exposure would."""
+        """Seconds to wait before the flip this field needs, or None for no flip yet:
+        the mount was sent to it east of the meridian, and the field is past the
+        meridian or the next exposure would take it past."""
         ob = self.observation
-        if ob is None or not self.config["observing"]["meridian_flip"]:
+        if ob is None or not ob.flip_due or not self.config["observing"]["meridian_flip"]:
             return None
-        ha = (lst_deg(now, self.site["longitude"]) - ob.ra_deg + 180.0) % 360.0 - 180.0
-        readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in self.cameras()) \
-            if self.cameras() else 5.0
-        exposure_ha = (ob.exptime + readout) * SIDEREAL_DEG_PER_S
-        if ha < 0 <= ha + exposure_ha:
-            return -ha / SIDEREAL_DEG_PER_S
-        return None
+        past_transit_s = self._hour_angle(now) / SIDEREAL_DEG_PER_S
+        readout = max((float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in self.cameras()),
+                      default=5.0)
+        if past_transit_s + ob.exptime + readout < 0:
+            return None                       # the next exposure ends before the meridian
+        return max(0.0, self.config["observing"]["meridian_flip_margin"] - past_transit_s)
 
     def _tick_tracking(self, now):
         if self.flip_at is not None and now >= self.flip_at:

@@ -29,8 +29,12 @@ def test_meridian_flip_splits_the_block(tmp_path):
         pointing = unit.query("SELECT COUNT(*) FROM exposures WHERE image_type='pointing' AND start_unix > ?",
                               (flip_time,))[0][0]
         assert pointing == 1
-        # No exposure was running across the meridian, and it is one observation throughout.
+        # The flip comes after the transit, within the margin (120 s) and one exposure.
         transit = parse_iso(START) + TRANSIT_AFTER_S
+        assert transit - 5 <= flip_time <= transit + 120 + 130
+        flips = unit.query("SELECT COUNT(*) FROM events WHERE message LIKE '%-> slewing (meridian flip)%'")
+        assert flips[0][0] == 1
+        # No exposure was running across the meridian, and it is one observation throughout.
         # (The field's J2000 RA is used for the hour angle on both sides: a few seconds of slack.)
         crossing = unit.query("SELECT COUNT(*) FROM exposures WHERE image_type='science'"
                               " AND start_unix < ? AND start_unix + exptime > ?", (transit - 5, transit + 5))[0][0]
