@@ -51,11 +51,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-import socket
 import time
 from collections import deque
 
 import serial
+
+from drivers.serial_link import WireError as _WireError, close_serial, open_serial
 
 log = logging.getLogger(__name__)
 
@@ -82,33 +83,6 @@ _INT = re.compile(r"[+-]?\d+")
 class CloudWatcherError(RuntimeError):
     """The station did not answer, answered wrongly, or the link to it failed
     (the message says which command and what came back)."""
-
-
-class _WireError(Exception):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind  # "link", "none", "partial" or "garbage"
-
-
-def close_serial(ser) -> None:
-    """Close a pyserial port quickly: for socket:// URLs pyserial's close()
-    sleeps 0.3 s "for quick reconnects", so close the socket ourselves."""
-    if ser is None:
-        return
-    try:
-        sock = getattr(ser, "_socket", None)
-        if sock is not None and getattr(ser, "is_open", False):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-            ser._socket = None
-            ser.is_open = False
-        else:
-            ser.close()
-    except (serial.SerialException, OSError):
-        pass
 
 
 class CloudWatcher:
@@ -154,12 +128,8 @@ class CloudWatcher:
 
     def _port(self):
         if self._serial is None:
-            timeout = self.settings["timeout_s"]
-            try:
-                self._serial = serial.serial_for_url(self.settings["port"], baudrate=self.settings["baudrate"],
-                                                     timeout=timeout, write_timeout=timeout)
-            except (serial.SerialException, OSError, ValueError) as exc:
-                raise _WireError("link", f"cannot open the weather station port: {exc}") from None
+            self._serial = open_serial(self.settings["port"], self.settings["baudrate"], self.settings["timeout_s"],
+                                       "weather station")
         return self._serial
 
     def close(self) -> None:

@@ -39,10 +39,11 @@ from __future__ import annotations
 import logging
 import math
 import re
-import socket
 import time
 
 import serial
+
+from drivers.serial_link import WireError as _WireError, close_serial, open_serial
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,6 @@ _CODE = re.compile(r"\d{4}")
 class MountError(RuntimeError):
     """The mount refused a command, or the link to it failed (the message says
     which command and what came back)."""
-
-
-class _WireError(Exception):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind  # "link", "none", "partial" or "garbage"
 
 
 def _wrap180(angle: float) -> float:
@@ -191,35 +186,14 @@ class IOptronMount:
 
     def _port(self):
         if self._serial is None:
-            timeout = self.settings["timeout_s"]
-            try:
-                self._serial = serial.serial_for_url(self.settings["port"], baudrate=self.settings["baudrate"],
-                                                     timeout=timeout, write_timeout=timeout)
-            except (serial.SerialException, OSError, ValueError) as exc:
-                raise _WireError("link", f"cannot open the mount port {self.settings['port']}: {exc}") from None
+            self._serial = open_serial(self.settings["port"], self.settings["baudrate"], self.settings["timeout_s"],
+                                       "mount")
         return self._serial
 
     def close(self) -> None:
         """Close the port (the next command opens it again)."""
         ser, self._serial = self._serial, None
-        if ser is None:
-            return
-        try:
-            sock = getattr(ser, "_socket", None)
-            if sock is not None and getattr(ser, "is_open", False):
-                # pyserial's socket:// close() sleeps 0.3 s "for quick
-                # reconnects"; close the socket ourselves to skip that.
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-                ser._socket = None
-                ser.is_open = False
-            else:
-                ser.close()
-        except (serial.SerialException, OSError):
-            pass
+        close_serial(ser)
 
     disconnect = close
 
