@@ -19,6 +19,7 @@ from pathlib import Path
 
 from thespian.actors import ChildActorExited, DeadEnvelope
 
+from actors.accessories import DomeActor, FilterWheelActor, FocuserActor
 from actors.analysis import AnalysisActor
 from actors.archive import ArchiveActor
 from actors.base import UnitActor
@@ -27,7 +28,8 @@ from actors.mount import MountActor
 from actors.safety import SafetyActor
 from actors.scheduler import SchedulerActor
 from actors.weather import WeatherActor
-from messages import (AbortExposure, AnalyzeFrame, CheckObservation, CloseObservation, CommandFailed, DeviceStatus,
+from messages import (AbortExposure, AnalyzeFrame, CheckObservation, CloseDome, CloseObservation, CommandFailed,
+                      DeviceMoved, DeviceStatus, MoveFocuser, OpenDome, SetFilter,
                       ExposureAborted, ExposureComplete, ExposureFailed, ExposureStarted, FrameAnalyzed,
                       GetStatus, GetUnitStatus, GuidePulse, Heartbeat, HeartbeatReply, Initialize, InitializationFailed, Initialized,
                       Message, MountArrived, MountMoving, NightComplete, NightSummaryWritten, ObservationChecked, Park,
@@ -41,7 +43,8 @@ from observatory.clock import SimClock, iso
 from observatory.statetable import load_state_table
 
 # Devices without which the unit cannot observe at all.
-VITAL_ROLES = ("mount", "safety", "weather", "scheduler", "archive", "analysis")
+VITAL_ROLES = ("mount", "dome", "safety", "weather", "scheduler", "archive", "analysis")
+ACCESSORY_ROLES = ("dome", "focuser", "filterwheel")
 SIDEREAL_DEG_PER_S = 360.0 / 86164.0905
 ARCHIVE_MESSAGES = (RecordEvent, RecordObservation, CloseObservation, RecordExposure, RecordMetrics,
                     RecordDecision, WriteNightSummary)
@@ -131,6 +134,8 @@ class Supervisor(UnitActor):
         self.verdict: SafetyVerdict | None = None
         self.last_unsafe_sim = -math.inf
         self.mount_status: dict = {}
+        self.accessory_status: dict[str, dict] = {}      # dome, focusers, filter wheel: last reported
+        self.awaiting_dome = False     # on target, waiting for the shutter to open
         self.observation: Observation | None = None
         self.exposures_done: dict[str, int] = {}
         self.round: dict[str, str] = {}            # camera -> exposure id still pending this round
@@ -159,6 +164,11 @@ class Supervisor(UnitActor):
                  ("analysis", "analysis", AnalysisActor, {}),
                  ("mount", "mount", MountActor, c["mount"])]
         specs += [(cam["name"], "camera", CameraActor, cam) for cam in c["cameras"]]
+        if c.get("dome"):
+            specs.append(("dome", "dome", DomeActor, c["dome"]))
+        specs += [(f["name"], "focuser", FocuserActor, f) for f in c.get("focusers", [])]
+        if c.get("filterwheel"):
+            specs.append(("filterwheel", "filterwheel", FilterWheelActor, c["filterwheel"]))
         for name, role, cls, settings in specs:
             self.children[name] = Child(name, role, cls, settings)
         for child in self.children.values():
@@ -191,6 +201,9 @@ class Supervisor(UnitActor):
         self.log.info("child_ready", child=child.name, child_pid=msg.pid, epoch=msg.epoch)
         if child.role == "mount":
             self.mount_status = msg.info.get("status", {})
+        if child.role in ACCESSORY_ROLES:
+            self.accessory_status[child.name] = msg.info.get("status", {})
+            self._set_up_accessory(child)
         if child.epoch > 1:
             self.event("restart", f"{child.name} restarted (pid {msg.pid}, incarnation {child.epoch})",
                        child=child.name, pid=msg.pid, epoch=child.epoch)
@@ -260,6 +273,9 @@ class Supervisor(UnitActor):
 
     def _forget_work_of(self, child: Child) -> None:
         """A dead actor will not answer: settle what we were waiting for from it."""
+        if child.role in ACCESSORY_ROLES:
+            ours = {"dome": ("dome-open", "dome-close"), "focuser": ("focus",), "filterwheel": ("filter",)}
+            self.expect = {k: v for k, v in self.expect.items() if v not in ours[child.role]}
         if child.role == "camera" and child.name in self.round:
             exposure_id = self.round.pop(child.name)
             self.event("exposure", f"{child.name}: exposure {exposure_id} lost with the actor",
@@ -393,7 +409,7 @@ class Supervisor(UnitActor):
 
     # sleeping: daytime; leave shortly before dark
     def _enter_sleeping(self):
-        pass
+        self._close_dome()
 
     def _tick_sleeping(self, now):
         if self.failure or not self.can_observe():
@@ -497,6 +513,8 @@ class Supervisor(UnitActor):
 
     def _slew(self):
         ob = self.observation
+        self.awaiting_dome = False
+        self._open_dome()                 # opens while the mount slews
         self._mount_command(SlewTo(ra_deg=ob.ra_deg, dec_deg=ob.dec_deg), "slew")
 
     def _mount_command(self, msg: Message, purpose: str):
@@ -521,12 +539,101 @@ class Supervisor(UnitActor):
             if msg.action == "slew":
                 if self.observation:
                     self.observation.flip_due = self._hour_angle(self.clock.now()) < 0
-                self.goto("pointing", "on target")
+                self._on_target_if_open()
             else:
                 self.goto("parking", f"slew interrupted: {msg.status.get('state')}")
         elif purpose == "park" and self.state == "parking":
             self.event("mount", "mount parked", ra=msg.status.get("ra_deg"), dec=msg.status.get("dec_deg"))
-            self.goto("parked", "mount parked")
+            self._parked_if_closed()
+
+    # ------------------------------------------------------------ dome, focusers, filter wheel
+
+    def dome_shutter(self) -> str | None:
+        """The shutter as last reported; None for a unit without a dome."""
+        if "dome" not in self.children:
+            return None
+        return self.accessory_status.get("dome", {}).get("shutter", "unknown")
+
+    def _dome_timeout(self) -> float:
+        return self.config["dome"]["timeout"]
+
+    def _open_dome(self) -> None:
+        addr = self._address("dome")
+        if self.dome_shutter() in (None, "open") or addr is None or "dome-open" in self.expect.values():
+            return
+        self.expect = {k: v for k, v in self.expect.items() if v != "dome-close"}
+        self._ask(addr, OpenDome(), "dome-open")
+
+    def _close_dome(self) -> None:
+        addr = self._address("dome")
+        if self.dome_shutter() in (None, "closed") or addr is None or "dome-close" in self.expect.values():
+            return
+        self.expect = {k: v for k, v in self.expect.items() if v != "dome-open"}
+        self.event("dome", "closing the dome")
+        self._ask(addr, CloseDome(), "dome-close")
+
+    def _on_target_if_open(self) -> None:
+        if self.dome_shutter() in (None, "open"):
+            self.goto("pointing", "on target")
+            return
+        self.awaiting_dome = True
+        self._open_dome()
+        self.set_deadline(self._dome_timeout(), "the dome to open")
+
+    def _parked_if_closed(self) -> None:
+        if self.dome_shutter() in (None, "closed"):
+            self.goto("parked", "mount parked" + (", dome closed" if "dome" in self.children else ""))
+            return
+        dome = self.children["dome"]
+        if dome.failed:
+            self._fail("the dome has failed and could NOT be closed")
+            return
+        self._close_dome()
+        self.set_deadline(self._dome_timeout(), "the dome to close")
+
+    def _set_up_accessory(self, child: Child) -> None:
+        """After every (re)initialisation: put the device where the unit needs it."""
+        settings = child.settings
+        if child.role == "focuser" and settings.get("position") is not None:
+            if self.accessory_status[child.name].get("position") != settings["position"]:
+                self._ask(child.address, MoveFocuser(position=settings["position"]), "focus")
+        elif child.role == "filterwheel" and settings.get("filter") is not None:
+            self._ask(child.address, SetFilter(filter=str(settings["filter"])), "filter")
+        elif child.role == "dome":
+            shutter = self.dome_shutter()
+            if self.state == "slewing" and self.observation:
+                self._open_dome()
+            elif self.table.is_always_safe(self.state) or self.state == "starting":
+                if shutter != "closed":
+                    self._close_dome()      # a unit not observing keeps its dome closed
+            elif shutter != "open":
+                self.event("error", f"the dome is {shutter} while {self.state}: stopping to re-open it")
+                self.goto("parking", f"dome {shutter}")
+
+    def receiveMsg_DeviceMoved(self, msg: DeviceMoved, sender):
+        purpose = self._expected(msg, "dome-open", "dome-close", "focus", "filter")
+        if not purpose:
+            return
+        del self.expect[msg.request_id]
+        if msg.status:
+            self.accessory_status[msg.name] = msg.status
+        if not msg.ok:
+            self.event("error", f"{msg.name}: {msg.action} failed: {msg.error}", device=msg.name,
+                       action=msg.action)
+        else:
+            self.event(msg.name, f"{msg.name}: {msg.action} done", device=msg.name, status=msg.status)
+        if purpose == "dome-open" and self.state == "slewing":
+            if not msg.ok:
+                self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
+                self.goto("parking", "the dome did not open")
+            elif getattr(self, "awaiting_dome", False):
+                self.awaiting_dome = False
+                self.goto("pointing", "on target, dome open")
+        elif purpose == "dome-close" and self.state == "parking":
+            if msg.ok and self.mount_status.get("parked"):
+                self.goto("parked", "mount parked, dome closed")
+            elif not msg.ok:
+                self.set_deadline(30.0, "a dome close retry")     # _deadline_passed asks again
 
     # pointing: one frame from the primary camera, measured as the reference
     def _enter_pointing(self):
@@ -601,6 +708,8 @@ class Supervisor(UnitActor):
         del self.expect[msg.request_id]
         if msg.name == "mount":
             self.mount_status = msg.status
+        elif msg.name in self.accessory_status:
+            self.accessory_status[msg.name] = msg.status
         if purpose == "tracking" and self.state == "tracking":
             if msg.status.get("tracking"):
                 self.goto("observing")
@@ -628,6 +737,7 @@ class Supervisor(UnitActor):
                 field=ob.name, seq_id=ob.seq_id, image_id=image_id, mount=self.mount_status, site=self.site,
                 moon=moon, config_hash=self.config["config_hash"], decision_id=ob.decision_id,
                 safe=self.is_safe(), unit_name=self.config["name"])
+            hdr.update(self._accessory_header(cam.name))
             exposure_id = f"{ob.id}-{self.round_index:04d}-{cam.name}"
             msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type=image_type,
                                 ra_deg=self.mount_status.get("ra_deg", ob.ra_deg),
@@ -636,6 +746,16 @@ class Supervisor(UnitActor):
             self._ask(cam.address, msg, "exposure")
         readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in cams)
         self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], f"{image_type} exposures")
+
+    def _accessory_header(self, camera: str) -> dict:
+        hdr = {}
+        focuser = next((f for f in self.config.get("focusers", []) if f["camera"] == camera), None)
+        if focuser and "position" in self.accessory_status.get(focuser["name"], {}):
+            hdr["FOCUSPOS"] = (self.accessory_status[focuser["name"]]["position"], f"focuser {focuser['name']} [steps]")
+        wheel = self.accessory_status.get("filterwheel")
+        if wheel and "filter" in wheel:
+            hdr["FILTER"] = (str(wheel["filter"]), "filter in the beam")
+        return hdr
 
     def _moon(self, now, ob) -> dict:
         try:
@@ -705,6 +825,11 @@ class Supervisor(UnitActor):
             if cam:
                 del self.round[cam]
                 self._round_progress()
+        elif purpose == "dome-close" and self.state == "parking":
+            self.set_deadline(30.0, "a dome close retry")
+        elif purpose == "dome-open" and self.state == "slewing":
+            self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
+            self.goto("parking", "the dome did not open")
         elif purpose in ("slew", "schedule", "tracking") and not self.table.is_always_safe(self.state):
             self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
             self.goto("parking", f"{msg.command} failed")
@@ -771,6 +896,7 @@ class Supervisor(UnitActor):
     def _enter_parking(self):
         self._abort_round()
         self._close_observation("interrupted")
+        self._close_dome()
         mount = self.children.get("mount")
         if mount and mount.failed:
             if not self.failure:
@@ -984,7 +1110,14 @@ class Supervisor(UnitActor):
     def _deadline_passed(self, what: str):
         self.event("error", f"timed out waiting for {what} in state {self.state}", state=self.state)
         if self.state == "parking":
-            self._mount_command(Park(), "park")             # parking is idempotent: ask again
+            if self.mount_status.get("parked") and not (self._address("mount") and "park" in self.expect.values()):
+                self._parked_if_closed()                    # only the dome is missing: ask it again
+            else:
+                self._mount_command(Park(), "park")         # parking is idempotent: ask again
+                self._close_dome()
+        elif self.state == "slewing" and getattr(self, "awaiting_dome", False):
+            self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
+            self.goto("parking", "the dome did not open in time")
         elif self.state == "pointing" and not self.round:
             self._ask_purpose_for_pointing = None
             self.goto("tracking", "no pointing analysis in time; observing without a reference")
@@ -1022,6 +1155,7 @@ class Supervisor(UnitActor):
             "safety": {"safe": v.safe, "reasons": list(v.reasons), "sun_alt_deg": round(v.sun_alt_deg, 2)}
             if v else None,
             "mount": {k: self.mount_status.get(k) for k in ("state", "ra_deg", "dec_deg", "tracking", "parked")},
+            "devices": {name: dict(st) for name, st in self.accessory_status.items()},
             "night": {"date": self.night_date, "dark_start": iso(self.night_start), "dark_end": iso(self.night_end),
                       "nights_done": self.nights_done},
             "last_decision": self.last_decision,

@@ -763,6 +763,15 @@ class IndiFocuser(IndiDevice):
                 what=f"focuser move to {target}")
             return self.position() if wait else target
 
+    def status(self) -> dict:
+        with self._lock:
+            self._ready()
+            p = self._need("ABS_FOCUS_POSITION")
+            if p.state == "Alert":
+                raise self._err("the focuser reports an error (Alert)" + self._recent_messages())
+            position = int(round(p.values["FOCUS_ABSOLUTE_POSITION"]))
+            return {"position": position, "moving": p.state == "Busy"}
+
     def close(self) -> None:
         self.disconnect()
 
@@ -789,7 +798,28 @@ class IndiFilterWheel(IndiDevice):
         prop = self._maybe("FILTER_NAME")
         return list(prop.values.values()) if prop else []
 
-    def set_slot(self, n: int) -> int:
+    def status(self) -> dict:
+        with self._lock:
+            self._ready()
+            p = self._need("FILTER_SLOT")
+            if p.state == "Alert":
+                raise self._err("the filter wheel reports an error (Alert)" + self._recent_messages())
+            slot = int(round(p.values["FILTER_SLOT_VALUE"]))
+            names = self.names()
+            return {"slot": slot, "filter": names[slot - 1] if 0 < slot <= len(names) else str(slot),
+                    "moving": p.state == "Busy"}
+
+    def set_filter(self, which, wait: bool = True) -> int:
+        """Select a filter by name (FILTER_NAME) or by slot number."""
+        from drivers.accessory import AccessoryError, slot_for
+        names = self.names()
+        try:
+            slot = slot_for(which, names or [str(i) for i in range(1, 100)], self.device)
+        except AccessoryError as e:
+            raise IndiError(str(e)) from None
+        return self.set_slot(slot, wait=wait)
+
+    def set_slot(self, n: int, wait: bool = True) -> int:
         if isinstance(n, bool) or not isinstance(n, int):
             raise IndiError(f"{self.device}: filter slot must be an integer, got {n!r}")
         with self._lock:
@@ -799,9 +829,10 @@ class IndiFilterWheel(IndiDevice):
             if n < 1 or (count and n > count):
                 raise IndiError(f"{self.device}: no filter slot {n} (slots 1-{count or '?'})")
             self._send_and_confirm("FILTER_SLOT", "number", {"FILTER_SLOT_VALUE": n},
-                                   timeout=self.settings["move_timeout_s"],
-                                   done=lambda p: p.state in ("Ok", "Idle")
-                                   and int(round(p.values["FILTER_SLOT_VALUE"])) == n,
+                                   timeout=self.settings["move_timeout_s"] if wait else self.settings["timeout_s"],
+                                   done=(lambda p: p.state in ("Ok", "Idle")
+                                         and int(round(p.values["FILTER_SLOT_VALUE"])) == n)
+                                   if wait else (lambda p: True),
                                    what=f"filter slot {n}")
             return n
 
@@ -852,6 +883,9 @@ class IndiDome(IndiDevice):
                                    if wait else (lambda p: True),
                                    what=f"shutter {word}")
         return self.shutter_state()
+
+    def status(self) -> dict:
+        return {"shutter": self.shutter_state()}
 
     def open_shutter(self, wait: bool = True) -> str:
         with self._lock:

@@ -142,6 +142,39 @@ class MountArrived(Message):
     status: dict
 
 
+# --- dome, focusers, filter wheel ------------------------------------------
+
+@dataclass(frozen=True)
+class OpenDome(Message):
+    pass
+
+
+@dataclass(frozen=True)
+class CloseDome(Message):
+    pass
+
+
+@dataclass(frozen=True)
+class MoveFocuser(Message):
+    position: int        # absolute, in focuser steps
+
+
+@dataclass(frozen=True)
+class SetFilter(Message):
+    filter: str          # a filter name, or a slot number (from 1) as text
+
+
+@dataclass(frozen=True)
+class DeviceMoved(Message):
+    """Reply to OpenDome, CloseDome, MoveFocuser or SetFilter once the device
+    has stopped: ``ok`` says whether it reached what was asked."""
+    name: str
+    action: str          # 'open' | 'close' | 'focus' | 'filter'
+    ok: bool
+    status: dict
+    error: str = ""
+
+
 # --- cameras ---------------------------------------------------------------
 
 @dataclass(frozen=True)

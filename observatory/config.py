@@ -70,6 +70,25 @@ class CameraConfig(_DeviceConfig):
     primary: bool = False
 
 
+class DomeConfig(_DeviceConfig):
+    driver: Literal["simulator", "indi"] = "simulator"
+    timeout: float = Field(300.0, gt=0, description="simulated seconds for the shutter to open or close")
+
+
+class FocuserConfig(_DeviceConfig):
+    driver: Literal["simulator", "indi"] = "simulator"
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+    camera: str = Field(description="the camera this focuser moves")
+    position: int | None = Field(None, ge=0, description="focus position set at start-up (steps)")
+    timeout: float = Field(300.0, gt=0, description="simulated seconds for a move")
+
+
+class FilterWheelConfig(_DeviceConfig):
+    driver: Literal["simulator", "indi"] = "simulator"
+    filter: str | None = Field(None, description="filter (name or slot number) selected at start-up")
+    timeout: float = Field(120.0, gt=0, description="simulated seconds for a filter change")
+
+
 class WeatherConfig(_Section):
     driver: Literal["simulator", "cloudwatcher", "indi"] = "simulator"
     settings: dict = Field(default_factory=dict, description="the cloudwatcher driver's settings")
@@ -137,6 +156,11 @@ class SupervisionConfig(_Section):
     heartbeat_timeout: float = Field(10.0, gt=0, description="wall seconds of silence before a hung actor is killed")
 
 
+# Names of the unit's own actors; cameras and focusers may not take them.
+RESERVED_ACTOR_NAMES = ("unit", "archive", "weather", "safety", "scheduler", "analysis", "mount", "dome",
+                        "filterwheel")
+
+
 class UnitConfig(_Section):
     name: str = "Generic PANOPTES Unit"
     location: LocationConfig = LocationConfig()
@@ -145,6 +169,9 @@ class UnitConfig(_Section):
     mount: MountConfig = MountConfig()
     cameras: list[CameraConfig] = Field(default_factory=lambda: [
         CameraConfig(name="cam00", primary=True), CameraConfig(name="cam01")])
+    dome: DomeConfig | None = None
+    focusers: list[FocuserConfig] = Field(default_factory=list)
+    filterwheel: FilterWheelConfig | None = None
     weather: WeatherConfig = WeatherConfig()
     safety: SafetyConfig = SafetyConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -161,6 +188,18 @@ class UnitConfig(_Section):
             raise ValueError(f"cameras: duplicate camera names {dupes}")
         if sum(c.primary for c in self.cameras) > 1:
             raise ValueError("cameras: only one camera can be primary")
+        taken = set(names) | set(RESERVED_ACTOR_NAMES)
+        for i, f in enumerate(self.focusers):
+            if f.name in taken:
+                raise ValueError(f"focusers.{i}.name: {f.name!r} is already the name of a camera, "
+                                 f"another focuser or a unit actor")
+            taken.add(f.name)
+            if f.camera not in names:
+                raise ValueError(f"focusers.{i}.camera: no camera named {f.camera!r} (cameras: {names})")
+        focused = [f.camera for f in self.focusers]
+        dupes = sorted({n for n in focused if focused.count(n) > 1})
+        if dupes:
+            raise ValueError(f"focusers: more than one focuser for camera(s) {dupes}")
         return self
 
     @property
@@ -214,6 +253,25 @@ def _check_driver_settings(source: str, cfg: UnitConfig) -> None:
             from drivers.indi import IndiCamera
             checks.append((f"cameras.{i}.settings", lambda cam=cam: IndiCamera(
                 dict(cam.settings), clock, name=cam.name)))
+    for key, section in (("dome", cfg.dome), ("filterwheel", cfg.filterwheel),
+                         *((f"focusers.{i}", f) for i, f in enumerate(cfg.focusers))):
+        if section is None:
+            continue
+        role = "focuser" if key.startswith("focusers") else key
+        from drivers.accessory import make_accessory_driver, slot_for
+
+        def make(role=role, section=section):
+            driver = make_accessory_driver(role, getattr(section, "name", role),
+                                           {"driver": section.driver, "settings": dict(section.settings)},
+                                           clock, pandir=None)
+            if section.driver == "simulator" and role == "filterwheel" and section.filter is not None:
+                slot_for(section.filter, driver.names(), "filter")   # a filter the wheel has
+            if section.driver == "simulator" and role == "focuser" and section.position is not None \
+                    and section.position > driver.settings["max_position"]:
+                raise ValueError(f"position {section.position} is beyond the focuser's "
+                                 f"max_position {driver.settings['max_position']}")
+            return driver
+        checks.append((f"{key}.settings", make))
     for key, make in checks:
         try:
             make()
