@@ -41,9 +41,7 @@ import math
 import re
 import time
 
-import serial
-
-from drivers.serial_link import WireError as _WireError, close_serial, open_serial
+from drivers.serial_link import LINK_ERRORS, WireError as _WireError, close_serial, open_serial
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +196,10 @@ class IOptronMount:
     disconnect = close
 
     def _once(self, cmd: str, reply, pattern) -> str:
-        ser = self._port()
+        try:
+            ser = self._port()
+        except _WireError as exc:
+            raise _WireError(exc.kind, f"{exc}; {cmd} not sent") from None
         timeout = self.settings["timeout_s"]
         try:
             ser.reset_input_buffer()   # anything left over belongs to no question of ours
@@ -206,7 +207,7 @@ class IOptronMount:
             if reply is None:
                 return ""
             data = ser.read(reply) if isinstance(reply, int) else ser.read_until(b"#", 64)
-        except (serial.SerialException, OSError) as exc:
+        except LINK_ERRORS as exc:
             raise _WireError("link", f"link to the mount at {self.settings['port']} failed "
                                      f"during {cmd}: {exc}") from None
         if not data:
@@ -232,7 +233,7 @@ class IOptronMount:
             time.sleep(min(0.05, self.settings["timeout_s"]))
             if self._serial is not None:
                 self._serial.reset_input_buffer()
-        except (serial.SerialException, OSError):
+        except LINK_ERRORS:
             self.close()
 
     def command(self, cmd: str, reply="#", pattern: re.Pattern | None = None, retry: bool = False) -> str:

@@ -7,6 +7,16 @@ import socket
 
 import serial
 
+try:
+    import termios
+except ImportError:   # not on Windows
+    termios = None
+
+# What a port can raise mid-exchange: pyserial's reset_input_buffer() calls
+# termios.tcflush(), which raises termios.error (not an OSError) once the
+# device has gone (a USB adapter unplugged, a pty whose other end closed).
+LINK_ERRORS = (serial.SerialException, OSError) + ((termios.error,) if termios is not None else ())
+
 
 class WireError(Exception):
     def __init__(self, kind: str, message: str):
@@ -39,5 +49,5 @@ def close_serial(ser) -> None:
             ser.is_open = False
         else:
             ser.close()
-    except (serial.SerialException, OSError):
+    except LINK_ERRORS:
         pass
