@@ -28,8 +28,8 @@ from astropy.io import fits
 from observatory.clock import SimClock, iso
 from observatory.imaging import as_fits_header, write_fits_atomic
 
-__all__ = ["CameraError", "SimulatedCamera", "SkyCatalog", "tan_project",
-           "DEFAULT_SETTINGS", "IMAGE_TYPES"]
+__all__ = ["CameraError", "SimulatedCamera", "SkyCatalog", "tan_project", "tan_offset",
+           "DEFAULT_SETTINGS", "IMAGE_TYPES", "CATALOGS"]
 
 MODEL = "simulated DSLR"
 
@@ -52,7 +52,14 @@ DEFAULT_SETTINGS: dict = {
     "limit_mag": 13.0,
     "hot_pixel_fraction": 2e-6,
     "seed": 0,
+    "catalog": "random",
+    "pointing_error_arcsec": 0.0,
+    "pointing_error_pa_deg": None,
+    "rotation_deg": 0.0,
 }
+
+# Skies the ``catalog`` setting chooses between.
+CATALOGS = ("random", "tycho2")
 
 # Frame types that see the sky; 'dark' and 'bias' keep the shutter closed.
 _SKY_TYPES = frozenset({"science", "pointing", "focus"})
@@ -184,6 +191,18 @@ def tan_project(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float):
     return np.degrees(xi), np.degrees(eta), front
 
 
+def tan_offset(ra0_deg: float, dec0_deg: float, east_deg: float, north_deg: float
+               ) -> tuple[float, float]:
+    """The sky position at standard coordinates (east, north) degrees about
+    (ra0, dec0): the inverse of ``tan_project`` for one point."""
+    xi, eta = math.radians(east_deg), math.radians(north_deg)
+    ra0, dec0 = math.radians(ra0_deg), math.radians(dec0_deg)
+    denom = math.cos(dec0) - eta * math.sin(dec0)
+    ra = ra0 + math.atan2(xi, denom)
+    dec = math.atan2(math.sin(dec0) + eta * math.cos(dec0), math.hypot(xi, denom))
+    return math.degrees(ra) % 360.0, math.degrees(dec)
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
     # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): avoids a scipy dependency.
     sign = np.sign(x)
@@ -217,6 +236,10 @@ class _Exposure:
     dec_deg: float
     image_type: str
     start_unix: float
+    # Where the frame is really centred (the commanded pointing plus the
+    # pointing error); set by start_exposure.
+    true_ra_deg: float = math.nan
+    true_dec_deg: float = math.nan
     abort: threading.Event = field(default_factory=threading.Event)
     # Set once the file is being written: from then on abort is too late.
     committed: bool = False
@@ -257,11 +280,27 @@ class SimulatedCamera:
     - ``hot_pixel_fraction`` (2e-6): fraction of pixels that are hot (fixed
       places per camera name and seed; 20-300 e-/s each).
     - ``seed`` (0): seeds the sky (cameras with the same seed see the same
-      sky), the hot pixels and the noise.
+      sky), the hot pixels, the noise and the pointing error's direction.
+    - ``catalog`` ("random"): the sky. "random" is ``SkyCatalog`` (a
+      deterministic random sky, ``seed``, ``star_density`` and
+      ``limit_mag`` apply); "tycho2" is the real sky from astrometry.net's
+      Tycho-2 index files (``observatory.catalog.Tycho2Catalog``: about 9
+      stars per square degree, complete to VT ~9-10; ``star_density`` does
+      not apply, ``limit_mag`` does), so frames can be plate-solved by
+      ``solve-field``. A missing index raises CameraError at construction.
+    - ``pointing_error_arcsec`` (0.0): a systematic pointing error, as a
+      real mount's model error: every sky frame is centred this far from
+      the commanded (ra, dec), in a fixed direction on the sky.
+    - ``pointing_error_pa_deg`` (None): that direction, as a position angle
+      (0 = north, 90 = east); None draws it once from ``seed`` (cameras with
+      the same seed on one mount share it).
+    - ``rotation_deg`` (0.0): camera rotation, the position angle of the
+      frame's +y axis (0 = north up, 90 = east up).
 
-    Frames: north up (+y), east left (-x), centred on the requested pointing
-    (0-based pixel ((width-1)/2, (height-1)/2)); monochrome, no Bayer
-    pattern, no vignetting. Noise is Gaussian with the Poisson variance of the
+    Frames: north up (+y), east left (-x) (turned by ``rotation_deg``),
+    centred on the requested pointing plus the pointing error (0-based
+    pixel ((width-1)/2, (height-1)/2)); the header's SIM-RA/SIM-DEC give
+    that true centre. Monochrome, no Bayer pattern, no vignetting. Noise is Gaussian with the Poisson variance of the
     expected signal plus read noise.
     """
 
@@ -278,8 +317,17 @@ class SimulatedCamera:
         s = self.settings
         self.width, self.height = int(s["width"]), int(s["height"])
         self.pixel_scale_arcsec = 206.265 * float(s["pixel_size_um"]) / float(s["focal_length_mm"])
-        self.catalog = SkyCatalog(seed=int(s["seed"]), density=float(s["star_density"]),
-                                  limit_mag=float(s["limit_mag"]))
+        if s["catalog"] == "tycho2":
+            from observatory.catalog import CatalogError, shared_tycho2
+            self.catalog = shared_tycho2(limit_mag=float(s["limit_mag"]))
+            try:
+                self.catalog.index_files()
+            except CatalogError as exc:
+                raise CameraError(f"{name}: catalog 'tycho2': {exc}") from exc
+        else:
+            self.catalog = SkyCatalog(seed=int(s["seed"]), density=float(s["star_density"]),
+                                      limit_mag=float(s["limit_mag"]))
+        self._pointing_error = self._make_pointing_error()
         self._name_hash = zlib.crc32(name.encode())
         self._hot_x, self._hot_y, self._hot_rate = self._make_hot_pixels()
 
@@ -313,6 +361,36 @@ class SimulatedCamera:
             raise CameraError(f"{self.name}: frame {s['width']}x{s['height']} is too small")
         if s["saturation_adu"] > 65535 or s["bias"] >= s["saturation_adu"]:
             raise CameraError(f"{self.name}: need bias < saturation_adu <= 65535")
+        if s["catalog"] not in CATALOGS:
+            raise CameraError(f"{self.name}: setting catalog must be one of {list(CATALOGS)}, "
+                              f"got {s['catalog']!r}")
+        for key, nullable in (("pointing_error_arcsec", False), ("pointing_error_pa_deg", True),
+                              ("rotation_deg", False)):
+            value = s[key]
+            if value is None and nullable:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CameraError(f"{self.name}: setting {key} must be a number, got {value!r}")
+        if not 0 <= s["pointing_error_arcsec"] <= 180 * 3600 / 4:
+            raise CameraError(f"{self.name}: setting pointing_error_arcsec must be within "
+                              f"[0, 162000] (45 deg), got {s['pointing_error_arcsec']}")
+
+    def _make_pointing_error(self) -> tuple[float, float]:
+        """(east, north) degrees of the systematic pointing error."""
+        s = self.settings
+        size = float(s["pointing_error_arcsec"]) / 3600.0
+        pa = s["pointing_error_pa_deg"]
+        if pa is None:
+            pa = float(np.random.default_rng([int(s["seed"]), 7]).uniform(0.0, 360.0))
+        pa = math.radians(float(pa))
+        return size * math.sin(pa), size * math.cos(pa)
+
+    def true_pointing(self, ra_deg: float, dec_deg: float) -> tuple[float, float]:
+        """Where a frame commanded at (ra, dec) is really centred."""
+        east, north = self._pointing_error
+        if east == 0.0 and north == 0.0:
+            return float(ra_deg) % 360.0, float(dec_deg)
+        return tan_offset(ra_deg, dec_deg, east, north)
 
     # -- device API ---------------------------------------------------------
 
@@ -370,10 +448,12 @@ class SimulatedCamera:
                 current = self._exposure
                 raise CameraError(f"{self.name}: busy ({self._state} {current.path.name if current else ''})")
             self._count += 1
+            true_ra, true_dec = self.true_pointing(float(ra_deg), float(dec_deg))
             exposure = _Exposure(index=self._count, exptime=exptime, path=Path(path),
                                  header=caller_header, ra_deg=float(ra_deg) % 360.0,
                                  dec_deg=float(dec_deg), image_type=image_type,
-                                 start_unix=self.clock.now(), fault=self._next_fault)
+                                 start_unix=self.clock.now(), fault=self._next_fault,
+                                 true_ra_deg=true_ra, true_dec_deg=true_dec)
             self._next_fault = None
             self._exposure = exposure
             self._state = "exposing"
@@ -486,7 +566,7 @@ class SimulatedCamera:
         try:
             # Rendered while "exposing", so at moderate clock speeds the
             # frame is ready when the simulated readout ends.
-            data = self.render(exposure.exptime, exposure.ra_deg, exposure.dec_deg,
+            data = self.render(exposure.exptime, exposure.true_ra_deg, exposure.true_dec_deg,
                                exposure.image_type, noise_seed=exposure.index)
             if not self._wait_until(exposure.end_unix, exposure.abort):
                 return
@@ -537,11 +617,19 @@ class SimulatedCamera:
             "RDNOISE": (float(s["read_noise_e"]), "[e-] read noise"),
             "BIASLEV": (int(s["bias"]), "[ADU] bias level"),
             "SATURATE": (int(s["saturation_adu"]), "[ADU] saturation level"),
-            "SIM-RA": (exposure.ra_deg, "[deg] TRUE pointing RA (simulation truth)"),
-            "SIM-DEC": (exposure.dec_deg, "[deg] TRUE pointing Dec (simulation truth)"),
+            "SIM-RA": (exposure.true_ra_deg, "[deg] TRUE pointing RA (simulation truth)"),
+            "SIM-DEC": (exposure.true_dec_deg, "[deg] TRUE pointing Dec (simulation truth)"),
             "SIM-FWHM": (float(s["fwhm_px"]), "[px] simulated PSF FWHM"),
             "SIM-SEED": (int(s["seed"]), "simulated sky seed"),
         }
+        if float(s["pointing_error_arcsec"]) > 0:
+            own["SIM-CRA"] = (exposure.ra_deg, "[deg] commanded RA (before pointing error)")
+            own["SIM-CDEC"] = (exposure.dec_deg, "[deg] commanded Dec (before pointing error)")
+            own["SIM-PERR"] = (float(s["pointing_error_arcsec"]), "[arcsec] simulated pointing error")
+        if s["catalog"] != "random":
+            own["SIM-CAT"] = (str(s["catalog"]), "simulated sky catalogue")
+        if float(s["rotation_deg"]) != 0:
+            own["SIM-ROT"] = (float(s["rotation_deg"]), "[deg] PA of +y axis (simulation truth)")
         header.update(as_fits_header(own))
         return header
 
@@ -555,7 +643,9 @@ class SimulatedCamera:
 
     def render(self, exptime: float, ra_deg: float, dec_deg: float,
                image_type: str = "science", noise_seed: int = 0) -> np.ndarray:
-        """The uint16 frame (height x width) an exposure would produce."""
+        """The uint16 frame (height x width) an exposure would produce, centred
+        exactly on (ra_deg, dec_deg) (no pointing error: ``start_exposure``
+        adds it, see ``true_pointing``)."""
         s = self.settings
         is_bias = image_type == "bias"
         level = 0.0 if is_bias else float(s["dark_e_per_s_per_px"]) * exptime
@@ -580,6 +670,11 @@ class SimulatedCamera:
         radius_deg = (math.hypot(width, height) / 2.0 + half + 2) * scale_deg * 1.01
         ra, dec, mag = self.catalog.stars_near(ra_deg, dec_deg, radius_deg)
         xi, eta, front = tan_project(ra, dec, ra_deg, dec_deg)
+        rotation = math.radians(float(s["rotation_deg"]))
+        if rotation:
+            # The frame's +y axis points to position angle `rotation`.
+            cos_r, sin_r = math.cos(rotation), math.sin(rotation)
+            xi, eta = xi * cos_r - eta * sin_r, xi * sin_r + eta * cos_r
         x = (width - 1) / 2.0 - xi / scale_deg
         y = (height - 1) / 2.0 + eta / scale_deg
         visible = front & (x > -half - 1) & (x < width + half) & (y > -half - 1) & (y < height + half)
