@@ -34,6 +34,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -232,7 +233,8 @@ def _load_image(path_or_array) -> tuple[np.ndarray, int, tuple[int, int], fits.H
     if not path.is_file():
         raise SolveError(f"{label}: file not found" if not path.exists() else f"{label}: not a regular file")
     try:
-        with fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
+        with _truncation_is_an_error(label), \
+                fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
             for hdu in hdul:
                 if getattr(hdu, "is_image", False) and hdu.data is not None:
                     header = hdu.header.copy()
@@ -247,6 +249,30 @@ def _load_image(path_or_array) -> tuple[np.ndarray, int, tuple[int, int], fits.H
     except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise SolveError(f"{label}: not a readable FITS image ({type(exc).__name__}: {exc})") from exc
     return image, binning, shape, header, label
+
+
+class _truncation_is_an_error:
+    """astropy only warns about a truncated FITS file (and then fails, or
+    reads garbage, later): make it a SolveError at once."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._catcher = warnings.catch_warnings(record=True)
+
+    def __enter__(self):
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._catcher.__exit__(exc_type, exc, tb)
+        for w in self._caught:
+            text = str(w.message)
+            if "truncated" in text:
+                raise SolveError(f"{self.label}: truncated FITS file ({text})")
+            # Anything else is passed on as it was.
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return False
 
 
 def _prepare(raw: np.ndarray, bscale: float, bzero: float, label: str
@@ -722,7 +748,8 @@ def _check_fits(path: Path) -> tuple[int, int]:
     if not path.is_file():
         raise SolveError(f"{path}: not a regular file")
     try:
-        with fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
+        with _truncation_is_an_error(str(path)), \
+                fits.open(path, memmap=True, do_not_scale_image_data=True) as hdul:
             for hdu in hdul:
                 if getattr(hdu, "is_image", False) and hdu.header.get("NAXIS", 0) == 2:
                     shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))

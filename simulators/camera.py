@@ -383,7 +383,9 @@ class SimulatedCamera:
         if pa is None:
             pa = float(np.random.default_rng([int(s["seed"]), 7]).uniform(0.0, 360.0))
         pa = math.radians(float(pa))
-        return size * math.sin(pa), size * math.cos(pa)
+        # Standard coordinates of the point `size` degrees away along a great circle.
+        plane = math.degrees(math.tan(math.radians(size)))
+        return plane * math.sin(pa), plane * math.cos(pa)
 
     def true_pointing(self, ra_deg: float, dec_deg: float) -> tuple[float, float]:
         """Where a frame commanded at (ra, dec) is really centred."""
