@@ -121,8 +121,6 @@ class Solution:
 
     def wcs(self):
         """An ``astropy.wcs.WCS`` of the solution (0-based pixel methods work as usual)."""
-        import warnings
-
         from astropy.wcs import WCS, FITSFixedWarning
 
         with warnings.catch_warnings():
@@ -811,8 +809,6 @@ class _no_such_process:
 
 def _solution_from_files(wcs_path: Path, corr_path: Path, width: int, height: int,
                          seconds: float) -> Solution:
-    import warnings
-
     from astropy.wcs import WCS, FITSFixedWarning
 
     header = fits.getheader(wcs_path)
@@ -880,6 +876,8 @@ def solve(path_or_array, ra_hint: float | None = None, dec_hint: float | None = 
     uses what there is (a blind solve can be slow: ``timeout_s`` bounds it).
     Returns None if neither solved. ``seconds`` of the result covers
     everything done here (reading, extraction, the failed fast attempt).
+    Raises SolveError for an unreadable image, a missing catalogue, or a
+    missing or failing solve-field when it was needed.
     """
     t0 = time.perf_counter()
     image, binning, shape, header, label = _load_image(path_or_array)
@@ -895,10 +893,15 @@ def solve(path_or_array, ra_hint: float | None = None, dec_hint: float | None = 
                 pixel_scale_arcsec = 206.265 * pixel_um / focal_mm
     have_hints = ra_hint is not None and dec_hint is not None and pixel_scale_arcsec
     if use_fast and have_hints:
+        from observatory.catalog import CatalogError
+
         sources = _extract(image, binning, label, 300, 5.0)
-        solution = fast_solve(sources, shape, ra_hint, dec_hint, pixel_scale_arcsec, catalog,
-                              rotation_hint, max_offset_deg=max_offset_deg,
-                              scale_tolerance=scale_tolerance)
+        try:
+            solution = fast_solve(sources, shape, ra_hint, dec_hint, pixel_scale_arcsec, catalog,
+                                  rotation_hint, max_offset_deg=max_offset_deg,
+                                  scale_tolerance=scale_tolerance)
+        except CatalogError as exc:
+            raise SolveError(f"{label}: no star catalogue for the fast solver: {exc}") from exc
         if solution is not None:
             return solution.with_seconds(time.perf_counter() - t0)
     if not use_solve_field:
