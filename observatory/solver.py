@@ -35,15 +35,13 @@ import subprocess
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import sep
 from astropy.io import fits
-
-from observatory.imaging import ImageError
 
 __all__ = [
     "Solution",

@@ -8,7 +8,6 @@ index files skip when they are missing, except under CI=true.
 """
 import math
 import os
-import signal
 import sys
 import time
 
@@ -18,7 +17,7 @@ from astropy.io import fits
 
 from observatory.catalog import CatalogError, Tycho2Catalog, shared_tycho2
 from observatory.clock import SimClock
-from observatory.solver import (Solution, SolveError, _run_group, extract_sources, fast_solve,
+from observatory.solver import (SolveError, _run_group, extract_sources, fast_solve,
                                 offset_arcsec, offset_components_arcsec, solve, solve_field,
                                 solve_field_available, tan_deproject, tan_project)
 from simulators.camera import CameraError, SimulatedCamera, SkyCatalog, tan_offset
