@@ -13,6 +13,8 @@ from messages import CloseDome, DeviceMoved, MoveFocuser, OpenDome, SetFilter, T
 # Wall seconds a device may fail to answer status polls (a lost link, a driver
 # restarted by indiserver) before the move is reported failed.
 STATUS_GRACE_S = 10.0
+# Wall seconds after a command during which "at rest, not at the goal" is not yet a failure.
+SETTLE_GRACE_S = 2.0
 
 
 class _AccessoryActor(UnitActor):
@@ -31,6 +33,7 @@ class _AccessoryActor(UnitActor):
     def _begin(self, action: str, start, reached, msg, sender) -> None:
         start()
         self.pending = (action, msg.request_id, sender, reached)
+        self.pending_since = time.time()
         self.status_failing_since = None
         self.log.info("move_started", action=action)
         self.wake_in_sim(0.5, "poll", msg.request_id, max_wall=0.1)
@@ -57,6 +60,8 @@ class _AccessoryActor(UnitActor):
             return
         self.status_failing_since = None
         verdict = self.pending[3](status)
+        if verdict is False and time.time() - self.pending_since < SETTLE_GRACE_S:
+            verdict = None        # some devices report the move a moment after accepting it
         if verdict is None:
             self.wake_in_sim(1.0, "poll", tick.token, max_wall=0.1)
         elif verdict:

@@ -1,10 +1,11 @@
 """The mount actor: owns one mount driver; reports arrival of slews and parks."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from actors.base import UnitActor
-from messages import (DeviceStatus, GuidePulse, MountArrived, MountMoving, Park, SetTracking,
+from messages import (CommandFailed, DeviceStatus, GuidePulse, MountArrived, MountMoving, Park, SetTracking,
                       SlewTo, StopMount, Tick, Unpark)
 
 
@@ -25,6 +26,11 @@ def make_mount_driver(settings: dict, clock, site: dict, pandir: str):
         from drivers.ioptron import IOptronMount
         return IOptronMount(settings.get("settings", {}), clock, site["latitude"], site["longitude"])
     raise ValueError(f"unknown mount driver {driver!r}")
+
+
+# Wall seconds the mount may fail to answer status polls during a move (a lost
+# link, a driver restarted by indiserver) before the move is reported failed.
+STATUS_GRACE_S = 10.0
 
 
 class MountActor(UnitActor):
@@ -85,7 +91,21 @@ class MountActor(UnitActor):
         if tick.kind != "arrival" or not self.pending or self.pending[1] != tick.token:
             return  # a wakeup for a command that has since been superseded
         action, request_id, requester = self.pending
-        status = self.driver.status()
+        try:
+            status = self.driver.status()
+        except Exception as e:  # noqa: BLE001 - a lost link (INDI server gone, serial timeout)
+            now = time.time()
+            self.status_failing_since = getattr(self, "status_failing_since", None) or now
+            if now - self.status_failing_since <= STATUS_GRACE_S:
+                self.wake_in_wall(0.5, "arrival", request_id)      # keep asking: it may come back
+                return
+            self.pending = self.status_failing_since = None
+            self.log.error("mount_lost", action=action, error=repr(e))
+            self.send(requester, CommandFailed(source=self.name, command=action,
+                                               error=f"lost the mount during the {action}: {e}",
+                                               request_id=request_id))
+            return
+        self.status_failing_since = None
         arrived = status["parked"] if action == "park" else status["state"] == "tracking"
         if arrived:
             self.pending = None

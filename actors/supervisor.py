@@ -45,6 +45,7 @@ from observatory.statetable import load_state_table
 # Devices without which the unit cannot observe at all.
 VITAL_ROLES = ("mount", "dome", "safety", "weather", "scheduler", "archive", "analysis")
 ACCESSORY_ROLES = ("dome", "focuser", "filterwheel")
+EMPTY_ROUNDS_BEFORE_PARKING = 3
 SIDEREAL_DEG_PER_S = 360.0 / 86164.0905
 ARCHIVE_MESSAGES = (RecordEvent, RecordObservation, CloseObservation, RecordExposure, RecordMetrics,
                     RecordDecision, WriteNightSummary)
@@ -136,6 +137,7 @@ class Supervisor(UnitActor):
         self.mount_status: dict = {}
         self.accessory_status: dict[str, dict] = {}      # dome, focusers, filter wheel: last reported
         self.awaiting_dome = False     # on target, waiting for the shutter to open
+        self.empty_rounds = 0          # consecutive exposure rounds without a single frame
         self.observation: Observation | None = None
         self.exposures_done: dict[str, int] = {}
         self.round: dict[str, str] = {}            # camera -> exposure id still pending this round
@@ -542,6 +544,9 @@ class Supervisor(UnitActor):
                 self._on_target_if_open()
             else:
                 self.goto("parking", f"slew interrupted: {msg.status.get('state')}")
+        elif purpose == "park" and self.state == "parking" and msg.action != "park":
+            self.event("error", f"the park was interrupted (mount {msg.status.get('state')}): parking again")
+            self._mount_command(Park(), "park")
         elif purpose == "park" and self.state == "parking":
             self.event("mount", "mount parked", ra=msg.status.get("ra_deg"), dec=msg.status.get("dec_deg"))
             self._parked_if_closed()
@@ -557,23 +562,26 @@ class Supervisor(UnitActor):
     def _dome_timeout(self) -> float:
         return self.config["dome"]["timeout"]
 
+    # Open and close are always sent, even when the shutter was last seen where
+    # they would move it: a dome restarted behind our back may be anywhere, and
+    # a dome already there answers at once.
     def _open_dome(self) -> None:
         addr = self._address("dome")
-        if self.dome_shutter() in (None, "open") or addr is None or "dome-open" in self.expect.values():
+        if "dome" not in self.children or addr is None or "dome-open" in self.expect.values():
             return
         self.expect = {k: v for k, v in self.expect.items() if v != "dome-close"}
         self._ask(addr, OpenDome(), "dome-open")
 
     def _close_dome(self) -> None:
         addr = self._address("dome")
-        if self.dome_shutter() in (None, "closed") or addr is None or "dome-close" in self.expect.values():
+        if "dome" not in self.children or addr is None or "dome-close" in self.expect.values():
             return
         self.expect = {k: v for k, v in self.expect.items() if v != "dome-open"}
         self.event("dome", "closing the dome")
         self._ask(addr, CloseDome(), "dome-close")
 
     def _on_target_if_open(self) -> None:
-        if self.dome_shutter() in (None, "open"):
+        if self.dome_shutter() in (None, "open") and "dome-open" not in self.expect.values():
             self.goto("pointing", "on target")
             return
         self.awaiting_dome = True
@@ -581,7 +589,7 @@ class Supervisor(UnitActor):
         self.set_deadline(self._dome_timeout(), "the dome to open")
 
     def _parked_if_closed(self) -> None:
-        if self.dome_shutter() in (None, "closed"):
+        if self.dome_shutter() in (None, "closed") and "dome-close" not in self.expect.values():
             self.goto("parked", "mount parked" + (", dome closed" if "dome" in self.children else ""))
             return
         dome = self.children["dome"]
@@ -624,7 +632,7 @@ class Supervisor(UnitActor):
             self.event(msg.name, f"{msg.name}: {msg.action} done", device=msg.name, status=msg.status)
         if purpose == "dome-open" and self.state == "slewing":
             if not msg.ok:
-                self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
+                self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
                 self.goto("parking", "the dome did not open")
             elif getattr(self, "awaiting_dome", False):
                 self.awaiting_dome = False
@@ -633,7 +641,7 @@ class Supervisor(UnitActor):
             if msg.ok and self.mount_status.get("parked"):
                 self.goto("parked", "mount parked, dome closed")
             elif not msg.ok:
-                self.set_deadline(30.0, "a dome close retry")     # _deadline_passed asks again
+                self.set_deadline(10.0, "a dome close retry")     # _deadline_passed asks again
 
     # pointing: one frame from the primary camera, measured as the reference
     def _enter_pointing(self):
@@ -825,13 +833,13 @@ class Supervisor(UnitActor):
             if cam:
                 del self.round[cam]
                 self._round_progress()
-        elif purpose == "dome-close" and self.state == "parking":
-            self.set_deadline(30.0, "a dome close retry")
+        elif purpose in ("dome-close", "park") and self.state == "parking":
+            self.set_deadline(10.0, f"a {purpose} retry")          # _deadline_passed asks again
         elif purpose == "dome-open" and self.state == "slewing":
-            self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
+            self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
             self.goto("parking", "the dome did not open")
         elif purpose in ("slew", "schedule", "tracking") and not self.table.is_always_safe(self.state):
-            self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
+            self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
             self.goto("parking", f"{msg.command} failed")
 
     def _round_progress(self):
@@ -863,9 +871,24 @@ class Supervisor(UnitActor):
     def _enter_analyzing(self):
         ob = self.observation
         if self.round_frames:
+            self.empty_rounds = 0
             ob.frames += 1
             ob.frame_in_set += 1
             self.exposures_done[ob.name] = self.exposures_done.get(ob.name, 0) + 1
+        else:
+            # No camera delivered: a device or its link is down. Re-read the mount
+            # before the next round (it may have been reset too), and after a few
+            # empty rounds stop and park until the devices answer again.
+            self.empty_rounds += 1
+            self.mount_status = {**self.mount_status, "state": None}
+            if self.empty_rounds >= EMPTY_ROUNDS_BEFORE_PARKING:
+                wait = self.config["observing"]["retry_after_fault"]
+                self.event("error", f"{self.empty_rounds} rounds without a frame: parking, retrying in {wait:.0f} s",
+                           field=ob.name)
+                self.empty_rounds = 0
+                self.retry_at = self.clock.now() + wait
+                self.goto("parking", "no camera delivers frames")
+                return
         if ob.frame_in_set >= ob.exp_set_size:
             ob.frame_in_set = 0
             ob.set_index += 1
@@ -1110,6 +1133,7 @@ class Supervisor(UnitActor):
     def _deadline_passed(self, what: str):
         self.event("error", f"timed out waiting for {what} in state {self.state}", state=self.state)
         if self.state == "parking":
+            self.expect = {k: v for k, v in self.expect.items() if v != "dome-close"}   # unanswered: ask again
             if self.mount_status.get("parked") and not (self._address("mount") and "park" in self.expect.values()):
                 self._parked_if_closed()                    # only the dome is missing: ask it again
             else:

@@ -759,7 +759,10 @@ class IndiFocuser(IndiDevice):
             self._send_and_confirm(
                 "ABS_FOCUS_POSITION", "number", {"FOCUS_ABSOLUTE_POSITION": target},
                 timeout=self.settings["move_timeout_s"] if wait else self.settings["timeout_s"],
-                done=(lambda p: p.state in ("Ok", "Idle")) if wait else (lambda p: True),
+                done=(lambda p: p.state in ("Ok", "Idle")) if wait
+                # Without waiting: until the move shows (Busy, or already there), so
+                # that a status() right after never sees the old position at rest.
+                else (lambda p: p.state == "Busy" or int(round(p.values["FOCUS_ABSOLUTE_POSITION"])) == target),
                 what=f"focuser move to {target}")
             return self.position() if wait else target
 

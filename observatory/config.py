@@ -144,6 +144,7 @@ class ObservingConfig(_Section):
     guide_ms_per_px: float = Field(100.0, gt=0)
     wake_before_dark: float = Field(1800.0, ge=0, description="leave sleeping this long before dark")
     retry_after_no_target: float = Field(600.0, gt=0)
+    retry_after_fault: float = Field(300.0, gt=0, description="after rounds without a frame, park this long")
     meridian_flip: bool = Field(True, description="stop at the meridian, flip and re-point (German mount)")
     meridian_flip_margin: float = Field(120.0, ge=0, description="seconds past the meridian before flipping")
 
