@@ -443,6 +443,68 @@ class UnitFailed(Message):
     error: str
 
 
+# --- operator commands: run_unit.py (for the console and the gateway) -> supervisor
+# Each is answered with ControlReply (same request_id). Validation of what an
+# operator typed happens before a message is built (observatory/control.py);
+# the supervisor still refuses what the unit's state does not allow.
+
+@dataclass(frozen=True)
+class ParkUnit(Message):
+    """Park (and close) now and stay parked until UnparkUnit."""
+    reason: str = "operator"
+
+
+@dataclass(frozen=True)
+class UnparkUnit(Message):
+    """Lift an operator park: automatic observing resumes when it is safe and dark."""
+
+
+@dataclass(frozen=True)
+class PauseUnit(Message):
+    """Let the exposures under way finish, then start no new ones (keep tracking) until ResumeUnit."""
+
+
+@dataclass(frozen=True)
+class ResumeUnit(Message):
+    pass
+
+
+@dataclass(frozen=True)
+class ObserveField(Message):
+    """Observe this field (a name from the fields file) next, whatever the scheduler would choose."""
+    name: str
+
+
+@dataclass(frozen=True)
+class TakePicture(Message):
+    """One exposure now at the current pointing (all cameras, or ``camera``)."""
+    exptime: float
+    camera: str | None = None
+
+
+@dataclass(frozen=True)
+class SetConfigValue(Message):
+    """Apply an already validated configuration change live. ``key`` is dotted (``safety.max_wind``)."""
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class InjectFault(Message):
+    """Simulation mode only: make ``target`` (an actor or simulator name) misbehave.
+    ``kind``: raise, exit, hang, kill, timeout, garbage, disconnect, slow, disk_full, unsafe, ..."""
+    target: str
+    kind: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControlReply(Message):
+    ok: bool
+    result: dict = field(default_factory=dict)
+    error: str = ""
+
+
 # --- timer payloads (the actor's own wakeups; never sent between actors) ---
 
 @dataclass(frozen=True)
