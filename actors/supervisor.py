@@ -180,9 +180,14 @@ class Supervisor(UnitActor):
                    pid=os.getpid(), config=self.config["config_file"])
         self.wake_in_wall(0.01, "tick")
 
+    # The safety actor talks to these directly: it reads the weather, commands
+    # park and close itself when unsafe, and records its audit trail.
+    SAFETY_PEERS = ("weather", "mount", "dome", "archive")
+
     def _peers_for(self, child: Child) -> dict:
-        if child.role == "safety" and "weather" in self.children and self.children["weather"].address:
-            return {"weather": self.children["weather"].address}
+        if child.role == "safety":
+            return {name: self.children[name].address for name in self.SAFETY_PEERS
+                    if name in self.children and self.children[name].address}
         return {}
 
     def _spawn(self, child: Child) -> None:
@@ -210,8 +215,8 @@ class Supervisor(UnitActor):
             self.event("restart", f"{child.name} restarted (pid {msg.pid}, incarnation {child.epoch})",
                        child=child.name, pid=msg.pid, epoch=child.epoch)
             self._resume_after_restart(child)
-        if child.role == "weather" and self.children["safety"].address:
-            self.send(self.children["safety"].address, PeersChanged(peers={"weather": child.address}))
+        if child.name in self.SAFETY_PEERS and self.children["safety"].address:
+            self.send(self.children["safety"].address, PeersChanged(peers={child.name: child.address}))
         if child.role == "archive":
             backlog, self.archive_backlog = self.archive_backlog, []
             for m in backlog:
