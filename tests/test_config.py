@@ -124,10 +124,10 @@ def test_unknown_key(tmp_path):
 
 def test_unknown_top_level_section(tmp_path):
     cfg = shipped()
-    cfg["dome"] = {"driver": "simulator"}
+    cfg["enclosure"] = {"driver": "simulator"}
     path = write(tmp_path, cfg)
     text = config_error(path)
-    assert str(path) in text and "dome" in text and "unknown key" in text
+    assert str(path) in text and "enclosure" in text and "unknown key" in text
 
 
 @pytest.mark.parametrize("section, key, value", [
