@@ -4,13 +4,14 @@ retry-then-PoisonMessage."""
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from datetime import timedelta
 
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from messages import (CommandFailed, DeviceStatus, GetStatus, Heartbeat, HeartbeatReply, Initialize,
-                      InitializationFailed, Initialized, Message, PeersChanged, Tick)
+from messages import (CommandFailed, ControlReply, DeviceStatus, GetStatus, Heartbeat, HeartbeatReply, Initialize,
+                      InitializationFailed, Initialized, InjectFault, Message, PeersChanged, SetConfigValue, Tick)
 from observatory import logs
 from observatory.clock import SimClock
 from observatory.processes import set_parent_death_signal
@@ -31,11 +32,23 @@ class UnitActor(ActorTypeDispatcher):
         self.settings: dict = {}
         self.peers: dict = {}
         self.supervisor = None
+        self.fault_raise_next = False     # fault injection (simulation only): see receiveMsg_InjectFault
+        self.fault_slow: tuple[float, float] | None = None     # (delay s, until wall time)
 
     # -- plumbing -----------------------------------------------------------
 
     def receiveMessage(self, message, sender):
         try:
+            if self.fault_slow and isinstance(message, Message) and not isinstance(message, InjectFault):
+                delay, until = self.fault_slow
+                if time.time() < until:
+                    time.sleep(delay)
+                else:
+                    self.fault_slow = None
+            if self.fault_raise_next and isinstance(message, Message) and \
+                    not isinstance(message, (Heartbeat, InjectFault, GetStatus)):
+                self.fault_raise_next = False
+                raise RuntimeError(f"injected fault in the {type(message).__name__} handler")
             super().receiveMessage(message, sender)
         except Exception as exc:  # noqa: BLE001 - one bad message must not kill the device
             if self.log:
@@ -65,6 +78,35 @@ class UnitActor(ActorTypeDispatcher):
 
     def receiveMsg_PeersChanged(self, msg: PeersChanged, sender):
         self.peers.update(msg.peers)
+
+    def receiveMsg_SetConfigValue(self, msg: SetConfigValue, sender):
+        """A live change of one of this actor's settings (validated before it was sent)."""
+        name = msg.key.split(".", 1)[-1]
+        self.settings = {**self.settings, name: msg.value}
+        self.reconfigure()
+        self.log.info("reconfigured", key=msg.key, value=msg.value)
+        self.send(sender, ControlReply(ok=True, result={"key": msg.key, "value": msg.value},
+                                       request_id=msg.request_id))
+
+    def receiveMsg_InjectFault(self, msg: InjectFault, sender):
+        """Simulation only (the supervisor refuses otherwise): misbehave on purpose."""
+        p = msg.params
+        self.log.warning("fault_injected", kind=msg.kind, params=p)
+        if msg.kind == "raise":
+            self.fault_raise_next = True
+        elif msg.kind == "slow":
+            self.fault_slow = (float(p.get("seconds", 2.0)), time.time() + float(p.get("duration", 60.0)))
+        elif msg.kind not in ("exit", "hang"):
+            self.inject_device_fault(msg.kind, p)     # raises if this device cannot do it
+        self.send(sender, ControlReply(ok=True, result={"target": self.name, "kind": msg.kind},
+                                       request_id=msg.request_id))
+        if msg.kind == "exit":
+            os._exit(3)
+        elif msg.kind == "hang":
+            time.sleep(float(p.get("seconds", 3600.0)))
+
+    def inject_device_fault(self, kind: str, params: dict) -> None:
+        raise ValueError(f"{self.name} cannot simulate a {kind!r} fault")
 
     def receiveMsg_GetStatus(self, msg: GetStatus, sender):
         self.send(sender, DeviceStatus(name=self.name, pid=os.getpid(), epoch=self.epoch,
@@ -107,6 +149,9 @@ class UnitActor(ActorTypeDispatcher):
 
     def device_status(self) -> dict:
         return {}
+
+    def reconfigure(self) -> None:
+        """Called after a live settings change; actors that derive state from settings rebuild it."""
 
     def on_tick(self, tick: Tick) -> None:
         pass

@@ -82,6 +82,13 @@ class CameraActor(UnitActor):
                 image_type=start_msg.image_type, start_unix=result["start_unix"],
                 end_unix=result["end_unix"], exptime=result["exptime"], request_id=start_msg.request_id))
 
+    def inject_device_fault(self, kind, params):
+        """'error': the next readout fails; 'hang': the next readout never ends (simulated camera)."""
+        inject = getattr(self.driver, "inject_fault", None)
+        if inject is None or kind not in ("error", "hang"):
+            super().inject_device_fault(kind, params)
+        inject(kind)
+
     def teardown(self):
         driver = getattr(self, "driver", None)
         if driver:

@@ -29,7 +29,8 @@ from actors.safety import SafetyActor
 from actors.scheduler import SchedulerActor
 from actors.weather import WeatherActor
 from messages import (AbortExposure, AnalyzeFrame, CheckObservation, CloseDome, CloseObservation, CommandFailed,
-                      DeviceMoved, DeviceStatus, MoveFocuser, OpenDome, SetFilter,
+                      ControlReply, DeviceMoved, DeviceStatus, InjectFault, MoveFocuser, ObserveField, OpenDome,
+                      ParkUnit, PauseUnit, ResumeUnit, SetConfigValue, SetFilter, TakePicture, UnparkUnit,
                       ExposureAborted, ExposureComplete, ExposureFailed, ExposureStarted, FrameAnalyzed,
                       GetStatus, GetUnitStatus, GuidePulse, Heartbeat, HeartbeatReply, Initialize, InitializationFailed, Initialized,
                       Message, MountArrived, MountMoving, NightComplete, NightSummaryWritten, ObservationChecked, Park,
@@ -138,6 +139,10 @@ class Supervisor(UnitActor):
         self.accessory_status: dict[str, dict] = {}      # dome, focusers, filter wheel: last reported
         self.awaiting_dome = False     # on target, waiting for the shutter to open
         self.empty_rounds = 0          # consecutive exposure rounds without a single frame
+        self.hold: str | None = None   # operator: 'park' (stay parked) or 'pause' (no new exposures)
+        self.requested_field: str | None = None    # operator: observe this next
+        self.pictures: dict[str, str] = {}          # exposure id -> camera, for operator pictures
+        self.relayed: dict[str, tuple] = {}         # forwarded request id -> (operator message, requester)
         self.observation: Observation | None = None
         self.exposures_done: dict[str, int] = {}
         self.round: dict[str, str] = {}            # camera -> exposure id still pending this round
@@ -419,7 +424,7 @@ class Supervisor(UnitActor):
         self._close_dome()
 
     def _tick_sleeping(self, now):
-        if self.failure or not self.can_observe():
+        if self.failure or not self.can_observe() or self.hold == "park":
             return
         if now >= self.night_start - self.config["observing"]["wake_before_dark"] and now < self.night_end:
             self.goto("ready", "night approaching")
@@ -431,6 +436,10 @@ class Supervisor(UnitActor):
     def _tick_ready(self, now):
         if now >= self.night_end:
             self.goto("parking", "night over")
+        elif self.hold == "park":
+            self.goto("parking", "operator park")
+        elif self.hold == "pause":
+            return
         elif not self.can_observe():
             self.goto("parking", "a vital device has failed")
         elif self.is_safe() and self._held_safe(now) and now >= self.retry_at:
@@ -449,7 +458,8 @@ class Supervisor(UnitActor):
             return                       # resumed when the scheduler is back
         current = self.observation.name if self.observation else None
         self._ask(addr, RequestSchedule(time_unix=self.clock.now(), current=current,
-                                        exposures_done=dict(self.exposures_done)), "schedule")
+                                        exposures_done=dict(self.exposures_done),
+                                        requested=self.requested_field), "schedule")
         self.set_deadline(120.0, "scheduler decision")
 
     def receiveMsg_ScheduleDecision(self, msg: ScheduleDecision, sender):
@@ -457,6 +467,13 @@ class Supervisor(UnitActor):
             return
         del self.expect[msg.request_id]
         now = self.clock.now()
+        if self.requested_field:
+            asked = msg.decision.get("requested", {})
+            self.event("operator", f"requested field {self.requested_field}: "
+                                   + ("observing it" if asked.get("accepted") else
+                                      f"refused ({', '.join(asked.get('vetoes', [])) or 'not considered'})"),
+                       field=self.requested_field)
+            self.requested_field = None
         self.last_decision = {"id": msg.decision_id, "time": iso(now), "winner": msg.winner, "reason": msg.reason}
         self.to_archive(RecordDecision(decision_id=msg.decision_id, time_unix=now, winner=msg.winner,
                                        reason=msg.reason, decision=msg.decision))
@@ -666,6 +683,9 @@ class Supervisor(UnitActor):
         addr = self._address("mount")
         if addr is None:
             return
+        if self.hold == "pause":
+            self.event("operator", "paused: tracking, no new exposures until resumed")
+            return
         wait = self._meridian_wait(self.clock.now())
         if wait is not None:
             # A German equatorial mount cannot track far past the meridian: stop the
@@ -786,6 +806,15 @@ class Supervisor(UnitActor):
         pass   # the exposure id in the round already says it is under way
 
     def receiveMsg_ExposureComplete(self, msg: ExposureComplete, sender):
+        if self.pictures.pop(msg.exposure_id, None):
+            self.expect.pop(msg.request_id, None)
+            self.to_archive(RecordExposure(
+                exposure_id=msg.exposure_id, observation_id=None, camera=msg.camera, image_type=msg.image_type,
+                path=msg.path, start_unix=msg.start_unix, end_unix=msg.end_unix, exptime=msg.exptime,
+                ra_deg=self.mount_status.get("ra_deg"), dec_deg=self.mount_status.get("dec_deg"),
+                set_index=0, frame_index=0))
+            self.event("operator", f"{msg.camera}: picture {Path(msg.path).name}", camera=msg.camera, path=msg.path)
+            return
         if self.round.get(msg.camera) != msg.exposure_id:
             # Finished after we gave up on it (aborted round, deadline): the file exists, so record it.
             if self._expected(msg, "exposure"):
@@ -814,6 +843,7 @@ class Supervisor(UnitActor):
 
     def receiveMsg_ExposureFailed(self, msg: ExposureFailed, sender):
         self.expect.pop(msg.request_id, None)
+        self.pictures.pop(msg.exposure_id, None)
         self.event("error", f"{msg.camera}: exposure failed: {msg.error}", camera=msg.camera,
                    exposure_id=msg.exposure_id)
         if self.round.get(msg.camera) == msg.exposure_id:
@@ -822,12 +852,18 @@ class Supervisor(UnitActor):
 
     def receiveMsg_ExposureAborted(self, msg: ExposureAborted, sender):
         self.expect.pop(msg.request_id, None)
+        self.pictures.pop(msg.exposure_id, None)
         self.event("exposure", f"{msg.camera}: exposure {msg.exposure_id} aborted", camera=msg.camera,
                    exposure_id=msg.exposure_id)
         if self.round.get(msg.camera) == msg.exposure_id:
             del self.round[msg.camera]
 
     def receiveMsg_CommandFailed(self, msg: CommandFailed, sender):
+        relay = self.relayed.pop(msg.request_id, None)
+        if relay:
+            original, requester = relay
+            self._reply(original, requester, ok=False, error=msg.error)
+            return
         purpose = self.expect.pop(msg.request_id, None)
         self.event("error", f"{msg.source}: {msg.command} failed: {msg.error}", source=msg.source,
                    purpose=purpose)
@@ -894,7 +930,9 @@ class Supervisor(UnitActor):
                 self.retry_at = self.clock.now() + wait
                 self.goto("parking", "no camera delivers frames")
                 return
-        if ob.frame_in_set >= ob.exp_set_size:
+        if self.requested_field and self.requested_field != ob.name:
+            self.goto("scheduling", f"operator asked for {self.requested_field}")
+        elif ob.frame_in_set >= ob.exp_set_size:
             ob.frame_in_set = 0
             ob.set_index += 1
             self.event("observation", f"{ob.name}: set {ob.set_index} complete ({ob.frames} frames)",
@@ -951,6 +989,8 @@ class Supervisor(UnitActor):
 
     def _tick_parked(self, now):
         if self.stopping:
+            return
+        if self.hold == "park" and now < self.night_end:
             return
         if now >= self.night_end:
             self.goto("housekeeping", "night over")
@@ -1188,6 +1228,8 @@ class Supervisor(UnitActor):
             "night": {"date": self.night_date, "dark_start": iso(self.night_start), "dark_end": iso(self.night_end),
                       "nights_done": self.nights_done},
             "last_decision": self.last_decision,
+            "hold": self.hold,
+            "requested_field": self.requested_field,
             "failure": self.failure,
             "supervisor": {"name": "unit", "pid": os.getpid()},
             "actors": [{"name": c.name, "role": c.role, "pid": c.pid, "ready": c.ready, "failed": c.failed,
@@ -1205,6 +1247,171 @@ class Supervisor(UnitActor):
         tmp = path.with_name(f".status.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.status(), indent=1, default=str))
         os.replace(tmp, path)
+
+    # ------------------------------------------------------------ operator commands
+
+    LIVE_SECTIONS = ("observing", "supervision", "safety", "scheduler")
+
+    def _reply(self, msg, sender, ok: bool = True, error: str = "", **result):
+        result.setdefault("state", getattr(self, "state", "not started"))
+        self.send(sender, ControlReply(ok=ok, result=result, error=error, request_id=msg.request_id))
+
+    def _refuse_unless_started(self, msg, sender) -> bool:
+        if not self.started or self.failure:
+            self._reply(msg, sender, ok=False, error="the unit is not running" if not self.started
+                        else f"the unit has failed: {self.failure}")
+            return True
+        return False
+
+    def receiveMsg_ParkUnit(self, msg: ParkUnit, sender):
+        if self._refuse_unless_started(msg, sender):
+            return
+        self.hold = "park"
+        self.event("operator", f"park requested ({msg.reason}): parking and staying parked until unpark")
+        if self.state not in ("parking", "parked", "sleeping", "housekeeping", "starting"):
+            self.goto("parking", f"operator park ({msg.reason})")
+        self._reply(msg, sender, hold=self.hold)
+
+    def receiveMsg_UnparkUnit(self, msg: UnparkUnit, sender):
+        if self._refuse_unless_started(msg, sender):
+            return
+        was, self.hold = self.hold, None if self.hold == "park" else self.hold
+        self.event("operator", "unpark: automatic observing resumes when dark and safe" if was == "park"
+                   else "unpark: the unit was not parked by an operator")
+        self._reply(msg, sender, hold=self.hold)
+
+    def receiveMsg_PauseUnit(self, msg: PauseUnit, sender):
+        if self._refuse_unless_started(msg, sender):
+            return
+        if self.hold == "park":
+            self._reply(msg, sender, ok=False, error="parked by an operator: unpark first")
+            return
+        self.hold = "pause"
+        self.event("operator", "pause: exposures under way finish, no new ones start")
+        self._reply(msg, sender, hold=self.hold)
+
+    def receiveMsg_ResumeUnit(self, msg: ResumeUnit, sender):
+        if self._refuse_unless_started(msg, sender):
+            return
+        if self.hold != "pause":
+            self._reply(msg, sender, ok=False, error=f"not paused (hold: {self.hold or 'none'})")
+            return
+        self.hold = None
+        self.event("operator", "resume")
+        if self.state == "tracking" and not self.round:
+            self._enter_tracking()
+        self._reply(msg, sender, hold=self.hold)
+
+    def receiveMsg_ObserveField(self, msg: ObserveField, sender):
+        if self._refuse_unless_started(msg, sender):
+            return
+        self.requested_field = msg.name
+        self.event("operator", f"observe {msg.name} requested", field=msg.name)
+        if self.state == "tracking" and not self.round and self.hold != "pause":
+            self.goto("scheduling", f"operator asked for {msg.name}")
+        self._reply(msg, sender, requested=msg.name,
+                    note="chosen at the next scheduling unless a constraint vetoes it")
+
+    def receiveMsg_TakePicture(self, msg: TakePicture, sender):
+        if self._refuse_unless_started(msg, sender):
+            return
+        idle = self.state in ("parked", "ready", "sleeping") or (self.state == "tracking" and self.hold == "pause")
+        if not idle or self.round or self.pictures:
+            self._reply(msg, sender, ok=False, error=f"cameras busy (state {self.state}): pause first, or wait "
+                                                     "until parked")
+            return
+        cams = [c for c in self.cameras() if msg.camera in (None, c.name)]
+        if not cams:
+            self._reply(msg, sender, ok=False, error=f"no camera {msg.camera!r} ready" if msg.camera
+                        else "no camera ready")
+            return
+        now = self.clock.now()
+        started = {}
+        for cam in cams:
+            image_id = f"{cam.name}_{headers.compact_time(now)}"
+            path = headers.image_path(self.pandir, "manual", cam.name, headers.compact_time(now), image_id)
+            hdr = {"OBJECT": ("manual", "operator picture"), "IMAGEID": (image_id, ""),
+                   "CFGHASH": (self.config["config_hash"], ""), "SAFE": (self.is_safe(), "")}
+            hdr.update(self._accessory_header(cam.name))
+            exposure_id = f"picture-{new_request_id()}-{cam.name}"
+            self.pictures[exposure_id] = cam.name
+            self._ask(cam.address, StartExposure(
+                exposure_id=exposure_id, exptime=msg.exptime, path=str(path), image_type="science",
+                ra_deg=self.mount_status.get("ra_deg", float("nan")),
+                dec_deg=self.mount_status.get("dec_deg", float("nan")), header=hdr), "exposure")
+            started[cam.name] = str(path)
+        self.event("operator", f"picture of {msg.exptime:g} s on {', '.join(started)}")
+        self._reply(msg, sender, paths=started)
+
+    def receiveMsg_SetConfigValue(self, msg: SetConfigValue, sender):
+        if self._refuse_unless_started(msg, sender):
+            return
+        section, _, name = msg.key.partition(".")
+        if section not in self.LIVE_SECTIONS or not name or name not in self.config.get(section, {}):
+            self._reply(msg, sender, ok=False, error=f"{msg.key}: not a live setting (live: "
+                                                     f"{', '.join(s + '.*' for s in self.LIVE_SECTIONS)})")
+            return
+        old = self.config[section][name]
+        self.config[section] = {**self.config[section], name: msg.value}
+        for child in self.children.values():
+            if child.role == section:          # the safety and scheduler actors own their sections
+                child.settings = {**child.settings, name: msg.value}
+                if child.address and child.ready:
+                    self.send(child.address, SetConfigValue(key=msg.key, value=msg.value))
+        self.event("operator", f"config {msg.key}: {old!r} -> {msg.value!r}", key=msg.key)
+        self._reply(msg, sender, key=msg.key, value=msg.value, previous=old)
+
+    def receiveMsg_ControlReply(self, msg: ControlReply, sender):
+        relay = self.relayed.pop(msg.request_id, None)
+        if relay:                 # a child's answer to a command we passed on
+            original, requester = relay
+            self._reply(original, requester, ok=msg.ok, error=msg.error, **msg.result)
+
+    # Fault kinds the wire simulators act out (simulators/wire.py modes).
+    WIRE_FAULTS = {"timeout": "silent", "garbage": "garbage", "half": "half", "slow": "slow",
+                   "disconnect": "vanish", "behave": "normal"}
+
+    def simulation_mode(self) -> bool:
+        """Every device is simulated: in-process, or at the wire by a simulator run_unit.py started."""
+        c, wired = self.config, self.config.get("wire_controls", {})
+        devices = [("mount", c["mount"]), ("weather", c["weather"])] + [(d["name"], d) for d in c["cameras"]]
+        devices += [(d["name"], d) for d in c.get("focusers", [])]
+        devices += [(n, c[n]) for n in ("dome", "filterwheel") if c.get(n)]
+        return all(d.get("driver", "simulator") == "simulator" or name in wired for name, d in devices)
+
+    def receiveMsg_InjectFault(self, msg: InjectFault, sender):
+        if self._refuse_unless_started(msg, sender):
+            return
+        if not self.simulation_mode():
+            self._reply(msg, sender, ok=False, error="fault injection is refused outside simulation mode "
+                                                     "(a device is real hardware or an INDI device)")
+            return
+        child = self.children.get(msg.target)
+        if child is None:
+            self._reply(msg, sender, ok=False, error=f"no actor {msg.target!r} (actors: {', '.join(self.children)})")
+            return
+        self.event("fault", f"fault injected: {msg.kind} in {msg.target} {dict(msg.params) or ''}".rstrip(),
+                   target=msg.target, fault=msg.kind, params=dict(msg.params))
+        wire = self.config.get("wire_controls", {}).get(msg.target)
+        if msg.kind == "kill":
+            if not child.pid:
+                self._reply(msg, sender, ok=False, error=f"{msg.target} has no process yet")
+                return
+            os.kill(child.pid, signal.SIGKILL)
+            self._reply(msg, sender, target=msg.target, pid=child.pid)
+        elif wire and msg.kind in self.WIRE_FAULTS:
+            spec = {"mode": self.WIRE_FAULTS[msg.kind], **{k: msg.params[k] for k in ("times", "delay_s")
+                                                           if k in msg.params}}
+            tmp = f"{wire}.{os.getpid()}.tmp"
+            Path(tmp).write_text(json.dumps(spec))
+            os.replace(tmp, wire)
+            self._reply(msg, sender, target=msg.target, wire=spec)
+        elif child.address and child.ready:
+            forwarded = InjectFault(target=msg.target, kind=msg.kind, params=dict(msg.params))
+            self.relayed[forwarded.request_id] = (msg, sender)
+            self.send(child.address, forwarded)
+        else:
+            self._reply(msg, sender, ok=False, error=f"{msg.target} is not ready")
 
     def receiveMsg_GetUnitStatus(self, msg: GetUnitStatus, sender):
         self.send(sender, UnitStatus(status=self.status() if self.started else {"state": "not started"},

@@ -102,7 +102,15 @@ class WeatherActor(UnitActor):
             self._schedule_poll()
 
     def _current(self):
-        return self.last_reading if self.driver_name in STATION_DRIVERS else self.driver.read()
+        reading = self.last_reading if self.driver_name in STATION_DRIVERS else self.driver.read()
+        if self.clock.now() < getattr(self, "rain_injected_until", -1.0):
+            reading = dict(reading or {}, rain=True, conditions="rain (injected fault)", timestamp=self.clock.now())
+        return reading
+
+    def inject_device_fault(self, kind, params):
+        if kind != "unsafe":
+            super().inject_device_fault(kind, params)
+        self.rain_injected_until = self.clock.now() + float(params.get("seconds", 600.0))
 
     def device_status(self):
         status = dict(self._current() or {})

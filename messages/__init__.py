@@ -254,6 +254,7 @@ class RequestSchedule(Message):
     time_unix: float
     current: str | None = None
     exposures_done: dict = field(default_factory=dict)
+    requested: str | None = None     # a field the operator asked for: chosen unless vetoed
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--misbehave", choices=MODES, default="normal", help="start misbehaving this way")
     p.add_argument("--delay", type=float, default=2.0, help="reply delay for --misbehave slow, wall seconds")
     p.add_argument("--times", type=int, default=None, help="misbehave for this many replies only")
+    p.add_argument("--control", default=None,
+                   help="JSON file read whenever it changes, to misbehave on demand (fault injection)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
@@ -309,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.set_misbehaviour(args.misbehave, delay_s=args.delay,
                          times=args.times if args.misbehave != "normal" else None)
     try:
-        while not done.wait(0.5):
-            pass
+        while not done.wait(0.1):
+            if args.control:
+                sim.apply_control_file(args.control)
     finally:
         sim.stop()
     return 0

@@ -63,6 +63,7 @@ def _start_weather(config: dict, clock: SimClock, pandir: Path, started: list[Wi
             "--sample-interval", repr(weather["sample_interval"])]
     if weather.get("timeline"):
         args += ["--timeline", weather["timeline"]]
+    args += ["--control", _control_file(config, pandir, "weather")]
     weather["settings"]["port"] = _start(args, started, "weather", Path(pandir) / "logs" / "sim-cloudwatcher.log")
 
 
@@ -79,7 +80,17 @@ def _start_mount(config: dict, clock: SimClock, pandir: Path, started: list[Wire
         for key, flag in (("slew_rate_deg_s", "--slew-rate"), ("altitude_limit_deg", "--altitude-limit")):
             if key in mount["settings"]:
                 args += [flag, repr(mount["settings"][key])]
+        args += ["--control", _control_file(config, pandir, "mount")]
         mount["settings"]["port"] = _start(args, started, "mount", Path(pandir) / "logs" / "sim-ioptron.log")
+
+
+def _control_file(config: dict, pandir: Path, device: str) -> str:
+    """Where the supervisor writes a misbehaviour for this device's simulator (fault injection)."""
+    path = Path(pandir) / "run" / "sim" / f"{device}-wire.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    config.setdefault("wire_controls", {})[device] = str(path)
+    return str(path)
 
 
 def _start(args: list[str], started: list[WireSimulator], device: str, log_path: Path) -> str:

@@ -214,6 +214,27 @@ class WireServer:
     def behave(self) -> None:
         self.set_misbehaviour("normal")
 
+    def apply_control_file(self, path: str) -> None:
+        """Fault injection from another process: ``path`` holds JSON such as
+        ``{"mode": "garbage", "times": 3}`` (keys as for set_misbehaviour); it is
+        applied each time the file changes. A bad file is logged and ignored."""
+        import json
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            return
+        if mtime == getattr(self, "_control_mtime", None):
+            return
+        self._control_mtime = mtime
+        try:
+            with open(path) as f:
+                spec = json.load(f)
+            self.set_misbehaviour(str(spec.get("mode", "normal")), delay_s=spec.get("delay_s"),
+                                  times=spec.get("times"))
+            log.warning("misbehaviour from %s: %s", path, spec)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring control file %s: %s", path, exc)
+
     @property
     def misbehaviour(self) -> str:
         return self._mode
