@@ -54,9 +54,8 @@ import re
 import time
 from collections import deque
 
-import serial
 
-from drivers.serial_link import WireError as _WireError, close_serial, open_serial
+from drivers.serial_link import LINK_ERRORS, WireError as _WireError, close_serial, open_serial
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ class CloudWatcher:
             ser.reset_input_buffer()   # anything left over belongs to no question of ours
             ser.write(cmd.encode("ascii"))
             data = ser.read_until(HANDSHAKE, expected)
-        except (serial.SerialException, OSError) as exc:
+        except LINK_ERRORS as exc:
             raise _WireError("link", f"link to the weather station at {self.settings['port']} failed "
                                      f"during {cmd}: {exc}") from None
         if not data:
@@ -179,7 +178,7 @@ class CloudWatcher:
             time.sleep(min(0.05, self.settings["timeout_s"]))
             if self._serial is not None:
                 self._serial.reset_input_buffer()
-        except (serial.SerialException, OSError):
+        except LINK_ERRORS:
             self.close()
 
     def command(self, cmd: str, codes: tuple[str, ...], integers: bool = False) -> list:

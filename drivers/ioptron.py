@@ -12,8 +12,11 @@ Every exchange has a timeout. Queries and commands that are safe to repeat
 retried up to ``retries`` times; motion commands (slew, park, home) and guide
 pulses are sent once. Whatever goes wrong on the wire ends in ``MountError``
 naming the command and what came back. After a missing or incomplete reply the
-port is closed and reopened on the next command, so a late reply cannot be
-mistaken for the answer to a later question.
+port is closed and reopened on the next command, and input waiting before
+each command is discarded; every reply is also checked against the format the
+command expects. Over TCP that drops a late reply for good; on a serial line
+a reply that arrives late enough (after the discard) can still be read by the
+next command, where the format check catches most mix-ups.
 
 Settings (unknown keys are refused):
     port               (required) device path or pyserial URL
