@@ -160,9 +160,9 @@ def test_unit_closes_a_dome_left_open_at_start_up(tmp_path):
     unit = RunningUnit(tmp_path, start="2026-11-24T20:00:00", speed=60,
                        overrides={"dome": {"settings": {"shutter_time_s": 60.0}}})
     try:
-        unit.wait_for(lambda: unit.status().get("devices", {}).get("dome", {}).get("shutter") == "closed",
-                      60, "the dome closed")
-        assert unit.status()["state"] == "sleeping"
+        unit.wait_for(lambda: unit.status().get("devices", {}).get("dome", {}).get("shutter") == "closed"
+                      and unit.status().get("state") == "sleeping", 60, "the dome closed, the unit sleeping")
+        assert unit.query("SELECT COUNT(*) FROM events WHERE message='dome: close done'")[0][0] == 1
         assert unit.terminate() == 0
     finally:
         unit.kill()
