@@ -88,6 +88,9 @@ class Observation:
     set_index: int = 0
     reference_sources: tuple = ()
     flip_due: bool = False           # slewed to while east of the meridian: a flip will be needed
+    command_ra: float | None = None  # where the mount is sent: the field, corrected by plate solves
+    command_dec: float | None = None
+    pointing_attempts: int = 0       # pointing frames solved since the last slew from scheduling
 
 
 class Supervisor(UnitActor):
@@ -168,7 +171,7 @@ class Supervisor(UnitActor):
                   dict(c["weather"], timeline_start_unix=self.clock.start_unix)),
                  ("safety", "safety", SafetyActor, c["safety"]),
                  ("scheduler", "scheduler", SchedulerActor, c["scheduler"]),
-                 ("analysis", "analysis", AnalysisActor, {}),
+                 ("analysis", "analysis", AnalysisActor, {"solve_timeout": c["observing"]["solve_timeout"]}),
                  ("mount", "mount", MountActor, c["mount"])]
         specs += [(cam["name"], "camera", CameraActor, cam) for cam in c["cameras"]]
         if c.get("dome"):
@@ -539,7 +542,9 @@ class Supervisor(UnitActor):
         ob = self.observation
         self.awaiting_dome = False
         self._open_dome()                 # opens while the mount slews
-        self._mount_command(SlewTo(ra_deg=ob.ra_deg, dec_deg=ob.dec_deg), "slew")
+        ra = ob.ra_deg if ob.command_ra is None else ob.command_ra
+        dec = ob.dec_deg if ob.command_dec is None else ob.command_dec
+        self._mount_command(SlewTo(ra_deg=ra, dec_deg=dec), "slew")
 
     def _mount_command(self, msg: Message, purpose: str):
         addr = self._address("mount")
@@ -732,6 +737,7 @@ class Supervisor(UnitActor):
     def _tick_tracking(self, now):
         if self.flip_at is not None and now >= self.flip_at:
             self.flip_at = None
+            self.observation.pointing_attempts = 0      # re-pointed on the other side of the pier
             self.goto("slewing", "meridian flip")
 
     def receiveMsg_DeviceStatus(self, msg: DeviceStatus, sender):
@@ -839,7 +845,8 @@ class Supervisor(UnitActor):
         if msg.image_type == "science":
             # Measured as soon as it exists, while the next exposure runs.
             primary = msg.camera == self.config["primary_camera"]
-            self._analyze(msg, reference=ob.reference_sources if ob and primary else ())
+            self._analyze(msg, reference=ob.reference_sources if ob and primary else (),
+                          solve="fast" if self.config["observing"]["plate_solve"] else "")
 
     def receiveMsg_ExposureFailed(self, msg: ExposureFailed, sender):
         self.expect.pop(msg.request_id, None)
@@ -890,7 +897,7 @@ class Supervisor(UnitActor):
             frames = self.round_frames
             if frames:
                 f = frames[0]
-                self._analyze(f, reference=())
+                self._analyze(f, reference=(), solve="full" if self.config["observing"]["plate_solve"] else "")
                 self._ask_purpose_for_pointing = f.exposure_id
                 self.set_deadline(120.0, "pointing analysis")
             else:
@@ -898,9 +905,9 @@ class Supervisor(UnitActor):
         elif self.state == "observing":
             self.goto("analyzing", f"{len(self.round_frames)} frame(s)")
 
-    def _analyze(self, f: ExposureComplete, reference: tuple):
+    def _analyze(self, f: ExposureComplete, reference: tuple, solve: str = ""):
         msg = AnalyzeFrame(exposure_id=f.exposure_id, camera=f.camera, path=f.path, reference_sources=reference,
-                           urgent=f.image_type == "pointing")
+                           urgent=f.image_type == "pointing", solve=solve)
         self.in_flight_analysis[f.exposure_id] = msg
         addr = self._address("analysis")
         if addr is not None:
@@ -952,11 +959,53 @@ class Supervisor(UnitActor):
         pointing_id = getattr(self, "_ask_purpose_for_pointing", None)
         if pointing_id == msg.exposure_id:
             self._ask_purpose_for_pointing = None
+            if self.state == "pointing" and self.observation and self._correct_pointing(msg):
+                return                       # re-slewing to the corrected position
             if self.observation:
                 self.observation.reference_sources = msg.sources
             if self.state == "pointing":
                 n = msg.metrics.get("n_stars")
                 self.goto("tracking", f"pointing frame: {n} stars")
+
+    def _correct_pointing(self, msg: FrameAnalyzed) -> bool:
+        """Compare the solved centre of a pointing frame with the field; if it is
+        off by more than the threshold (and attempts are left) send the mount to
+        the position that puts the field in the centre. Every attempt is an event."""
+        from observatory.solver import tan_deproject, tan_project   # numpy only; not at import time
+        ob, obs_cfg = self.observation, self.config["observing"]
+        ob.pointing_attempts += 1
+        attempt, limit = ob.pointing_attempts, obs_cfg["pointing_max_attempts"]
+        sol = msg.solution
+        if sol is None:
+            self.event("pointing", f"{ob.name}: pointing frame {attempt} not solved "
+                                   f"({msg.metrics.get('solve_error', 'no solution')}); observing as pointed",
+                       field=ob.name, attempt=attempt, solved=False)
+            return False
+        xi, eta, _ = tan_project([sol["ra_deg"]], [sol["dec_deg"]], ob.ra_deg, ob.dec_deg)
+        east, north = float(xi[0]) * 3600.0, float(eta[0]) * 3600.0
+        off = math.hypot(east, north)
+        data = dict(field=ob.name, attempt=attempt, solved=True, solved_ra=sol["ra_deg"], solved_dec=sol["dec_deg"],
+                    offset_arcsec=round(off, 1), east_arcsec=round(east, 1), north_arcsec=round(north, 1),
+                    method=sol["method"], path=msg.path)
+        if off <= obs_cfg["pointing_threshold_arcsec"]:
+            self.event("pointing", f"{ob.name}: attempt {attempt} on target, {off:.0f} arcsec off "
+                                   f"(solved by {sol['method']})", **data)
+            return False
+        if attempt >= limit:
+            self.event("pointing", f"{ob.name}: still {off:.0f} arcsec off after {attempt} attempts; "
+                                   f"observing as pointed", **data)
+            return False
+        # The frame centre lands where the mount is sent plus its pointing error:
+        # send it as far the other way, in the tangent plane at the current command.
+        cra = ob.ra_deg if ob.command_ra is None else ob.command_ra
+        cdec = ob.dec_deg if ob.command_dec is None else ob.command_dec
+        ra, dec = tan_deproject([-east / 3600.0], [-north / 3600.0], cra, cdec)
+        ob.command_ra, ob.command_dec = float(ra[0]) % 360.0, float(dec[0])
+        self.event("pointing", f"{ob.name}: attempt {attempt} {off:.0f} arcsec off (solved by {sol['method']}); "
+                               f"re-slewing to {ob.command_ra:.4f} {ob.command_dec:+.4f}",
+                   corrected_ra=ob.command_ra, corrected_dec=ob.command_dec, **data)
+        self.goto("slewing", f"pointing correction {attempt}: {off:.0f} arcsec off")
+        return True
 
     # parking: abort what is exposing, park the mount
     def _enter_parking(self):

@@ -290,6 +290,7 @@ class AnalyzeFrame(Message):
     path: str
     reference_sources: tuple = ()     # (x, y, flux) of the pointing frame, for drift
     urgent: bool = False              # the sequence waits for it (pointing): goes before the queue
+    solve: str = ""                   # plate solve: "" no, "fast" (fast solver only), "full" (then solve-field)
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ class FrameAnalyzed(Message):
     metrics: dict
     sources: tuple = ()
     drift_px: tuple | None = None     # (dx, dy, n_matched) against the reference
+    solution: dict | None = None      # observatory.solver.Solution.to_dict() when solved (WCS written to the file)
 
 
 # --- archive (the single writer of the SQLite store) -----------------------
@@ -504,6 +506,32 @@ class ControlReply(Message):
     ok: bool
     result: dict = field(default_factory=dict)
     error: str = ""
+
+
+# --- safety kernel: its audit trail (safety -> archive) ---------------------
+# The kernel itself commands park and close with the mount's and dome's own
+# messages (Park, CloseDome) and reads their replies (MountMoving,
+# MountArrived, DeviceMoved, CommandFailed); it reads device health with
+# GetStatus / DeviceStatus. Only its record for the archive is new.
+
+@dataclass(frozen=True)
+class RecordSafetyAudit(Message):
+    """One row of the ``safety_audit`` table. ``kind``: 'verdict' (the verdict or
+    its set of conditions changed), 'command' (the kernel sent park or close),
+    'confirmed' (the device reported it done), 'failed' (it reported a failure,
+    an interruption, or did not confirm in time). ``audit_id`` makes a re-sent
+    record (after an archive restart) harmless."""
+    audit_id: str
+    kind: str
+    time_unix: float
+    wall_unix: float
+    safe: bool
+    reasons: tuple = ()
+    inputs: dict = field(default_factory=dict)      # weather reading and its age, sun, disk, power, devices
+    changed: dict = field(default_factory=dict)     # conditions added, cleared, clearing, unsafe again
+    device: str = ""                                # commands: 'mount' | 'dome'
+    action: str = ""                                # commands: 'park' | 'close'
+    message: str = ""
 
 
 # --- timer payloads (the actor's own wakeups; never sent between actors) ---

@@ -102,14 +102,48 @@ class WeatherConfig(_Section):
 
 
 class SafetyConfig(_Section):
+    """The safety kernel (actors/safety.py, rules in observatory/safety_rules.py)."""
     check_interval: float = Field(5.0, gt=0, description="simulated seconds between evaluations")
     max_check_wall_interval: float = Field(0.25, gt=0, description="wall seconds, upper bound")
-    max_weather_age: float = Field(180.0, gt=0)
+    max_weather_age: float = Field(60.0, gt=0, description="simulated seconds; an older reading is unsafe")
     max_sky_minus_ambient: float = -25.0
     max_wind: float = Field(50.0, gt=0, description="km/h")
     max_gust: float = Field(70.0, gt=0, description="km/h")
     reopen_after: float = Field(300.0, ge=0,
-                                description="simulated seconds of continuous safety before reopening")
+                                description="simulated seconds of continuous weather safety the supervisor "
+                                            "waits for, on top of the kernel's clear-after periods")
+    # Hysteresis: simulated seconds of good data before a condition clears.
+    rain_clear_after: float = Field(600.0, ge=0, description="seconds of dry readings after rain")
+    cloud_clear_after: float = Field(300.0, ge=0, description="seconds of clear-sky readings after clouds")
+    wind_clear_after: float = Field(600.0, ge=0, description="seconds of readings below max_wind")
+    gust_clear_after: float = Field(600.0, ge=0, description="seconds of readings without a gust above max_gust")
+    stale_clear_after: float = Field(0.0, ge=0, description="after a stale, missing or incomplete reading")
+    min_free_disk_gb: float = Field(1.0, ge=0, description="free space under PANDIR below this is unsafe")
+    disk_clear_after: float = Field(0.0, ge=0)
+    # Power: a UPS (drivers/ups.py).
+    ups_driver: Literal["none", "simulator", "nut"] = "simulator"
+    ups_timeline: str | None = Field(None, description="simulator: a weather timeline file with power keys "
+                                                       "(absolute path)")
+    ups_name: str = Field("ups@localhost", description="nut: the UPS as upsc names it")
+    ups_command: str = Field("upsc", description="nut: the upsc program")
+    ups_timeout: float = Field(3.0, gt=0, description="nut: wall seconds for upsc to answer")
+    ups_poll_interval: float = Field(5.0, gt=0, description="wall seconds between UPS reads")
+    max_on_battery_s: float = Field(0.0, ge=0, description="simulated seconds on battery before unsafe (0: at once)")
+    power_clear_after: float = Field(0.0, ge=0, description="seconds back on mains before power clears")
+    # Safety-critical devices (mount, dome) must answer status requests.
+    device_timeout: float = Field(5.0, gt=0, description="wall seconds without a status answer: unsafe")
+    device_clear_after: float = Field(0.0, ge=0)
+    # Park and close commanded by the kernel itself while unsafe.
+    park_confirm_timeout: float = Field(600.0, gt=0, description="simulated seconds for the mount to park")
+    close_confirm_timeout: float = Field(600.0, gt=0, description="simulated seconds for the dome to close")
+    confirm_min_wall: float = Field(10.0, gt=0, description="...but never less than this many wall seconds")
+
+    @field_validator("ups_timeline")
+    @classmethod
+    def _absolute(cls, v):
+        if v is not None and not os.path.isabs(os.path.expanduser(v)):
+            raise ValueError("must be an absolute path")
+        return v
 
 
 class SchedulerConfig(_Section):
@@ -147,6 +181,10 @@ class ObservingConfig(_Section):
     retry_after_fault: float = Field(300.0, gt=0, description="after rounds without a frame, park this long")
     meridian_flip: bool = Field(True, description="stop at the meridian, flip and re-point (German mount)")
     meridian_flip_margin: float = Field(120.0, ge=0, description="seconds past the meridian before flipping")
+    plate_solve: bool = Field(True, description="solve pointing frames (and correct the pointing) and science frames")
+    pointing_threshold_arcsec: float = Field(120.0, gt=0, description="good enough: stop correcting")
+    pointing_max_attempts: int = Field(3, ge=1, description="pointing frames per slew, the first included")
+    solve_timeout: float = Field(60.0, gt=0, description="wall seconds solve-field may take on a pointing frame")
 
 
 class SupervisionConfig(_Section):

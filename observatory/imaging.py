@@ -119,6 +119,23 @@ def write_fits_atomic(path: str | os.PathLike, data: np.ndarray,
     return path
 
 
+def write_wcs(path: str | os.PathLike, solution) -> Path:
+    """Add a plate solution's WCS (and where it came from) to a frame's header.
+    The file is rewritten atomically, like every frame: a crash leaves the
+    frame as it was, never half-updated."""
+    data, header = read_image(path)
+    header = header.copy()
+    for key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE"):
+        header.remove(key, ignore_missing=True)     # the data's own layout is written afresh
+    for key, value in solution.wcs_header.items():
+        header[key] = value
+    header["SOLVED"] = (True, "WCS from a plate solve")
+    header["SOLVEMTH"] = (solution.method, "plate solver: fast or solve-field")
+    header["SOLVNMAT"] = (int(solution.n_matched), "stars matched to the catalogue")
+    header["SOLVRMS"] = (round(float(solution.rms_arcsec), 3), "[arcsec] RMS of the match")
+    return write_fits_atomic(path, data, header)
+
+
 # ---------------------------------------------------------------------------
 # Reading
 
