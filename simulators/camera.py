@@ -56,7 +56,22 @@ DEFAULT_SETTINGS: dict = {
     "pointing_error_arcsec": 0.0,
     "pointing_error_pa_deg": None,
     "rotation_deg": 0.0,
+    # Focus model (off while best_focus is None): see SimulatedCamera.psf_fwhm_px.
+    "best_focus": None,
+    "defocus_fwhm_per_step": 0.004,
+    "focus_temp_coeff": 0.0,
+    "focus_temp_ref_c": 10.0,
+    # Twilight sky of 'flat' frames given SUNALT: see SimulatedCamera.twilight_rate.
+    "twilight_factor_per_deg": 2.75,
+    "twilight_ref_sun_alt_deg": -6.0,
 }
+
+# Header keys the camera reads from the caller's header (see SimulatedCamera).
+FOCUS_KEY, AMBTEMP_KEY, SUNALT_KEY, SUNRATE_KEY = "FOCUSPOS", "AMBTEMP", "SUNALT", "SUNRATE"
+# The twilight model's exponential is held flat above this sun altitude.
+_TWILIGHT_TOP_DEG = 0.0
+# Samples of the sun altitude across one flat exposure (its mean brightness).
+_TWILIGHT_SAMPLES = 64
 
 # Skies the ``catalog`` setting chooses between.
 CATALOGS = ("random", "tycho2")
@@ -240,6 +255,9 @@ class _Exposure:
     # pointing error); set by start_exposure.
     true_ra_deg: float = math.nan
     true_dec_deg: float = math.nan
+    # Focus position, ambient temperature, sun altitude... read from the
+    # caller's header (keyword arguments of SimulatedCamera.render).
+    conditions: dict = field(default_factory=dict)
     abort: threading.Event = field(default_factory=threading.Event)
     # Set once the file is being written: from then on abort is too late.
     committed: bool = False
@@ -296,6 +314,20 @@ class SimulatedCamera:
       the same seed on one mount share it).
     - ``rotation_deg`` (0.0): camera rotation, the position angle of the
       frame's +y axis (0 = north up, 90 = east up).
+    - ``best_focus`` (None): focuser position (steps) of sharpest focus;
+      None turns the focus model off (stars are always ``fwhm_px`` wide).
+      With a number, sky frames are rendered at the focuser position the
+      caller's header gives as FOCUSPOS (none given: in focus); see
+      ``psf_fwhm_px``.
+    - ``defocus_fwhm_per_step`` (0.004): px of blur FWHM per step away from
+      best focus.
+    - ``focus_temp_coeff`` (0.0): steps per degree C the best focus moves
+      with the ambient temperature (header AMBTEMP), about
+      ``focus_temp_ref_c`` (10.0) where it is ``best_focus``.
+    - ``twilight_factor_per_deg`` (2.75), ``twilight_ref_sun_alt_deg``
+      (-6.0): the twilight sky of 'flat' frames whose header gives the sun
+      altitude as SUNALT; see ``twilight_rate``. Without SUNALT a flat is
+      lit at ``flat_e_per_s_per_px`` as before.
 
     Frames: north up (+y), east left (-x) (turned by ``rotation_deg``),
     centred on the requested pointing plus the pointing error (0-based
@@ -374,6 +406,20 @@ class SimulatedCamera:
         if not 0 <= s["pointing_error_arcsec"] <= 180 * 3600 / 4:
             raise CameraError(f"{self.name}: setting pointing_error_arcsec must be within "
                               f"[0, 162000] (45 deg), got {s['pointing_error_arcsec']}")
+        for key, nullable, low in (("best_focus", True, 0.0), ("defocus_fwhm_per_step", False, 0.0),
+                                   ("focus_temp_coeff", False, None), ("focus_temp_ref_c", False, None),
+                                   ("twilight_factor_per_deg", False, 1.0),
+                                   ("twilight_ref_sun_alt_deg", False, -90.0)):
+            value = s[key]
+            if value is None and nullable:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CameraError(f"{self.name}: setting {key} must be a number, got {value!r}")
+            if low is not None and value < low:
+                raise CameraError(f"{self.name}: setting {key} must be >= {low}, got {value}")
+        if s["twilight_factor_per_deg"] <= 1.0 or s["twilight_ref_sun_alt_deg"] > _TWILIGHT_TOP_DEG:
+            raise CameraError(f"{self.name}: need twilight_factor_per_deg > 1 and "
+                              f"twilight_ref_sun_alt_deg <= {_TWILIGHT_TOP_DEG}")
 
     def _make_pointing_error(self) -> tuple[float, float]:
         """(east, north) degrees of the systematic pointing error."""
@@ -386,6 +432,94 @@ class SimulatedCamera:
         # Standard coordinates of the point `size` degrees away along a great circle.
         plane = math.degrees(math.tan(math.radians(size)))
         return plane * math.sin(pa), plane * math.cos(pa)
+
+    # -- focus and twilight models ------------------------------------------
+
+    def best_focus_at(self, ambient_temp_c: float | None = None) -> float | None:
+        """The focuser position (steps) of sharpest focus at this ambient
+        temperature (None: at ``focus_temp_ref_c``), or None when the focus
+        model is off: ``best_focus + focus_temp_coeff * (T - focus_temp_ref_c)``."""
+        s = self.settings
+        if s["best_focus"] is None:
+            return None
+        best = float(s["best_focus"])
+        if ambient_temp_c is not None and s["focus_temp_coeff"]:
+            best += float(s["focus_temp_coeff"]) * (float(ambient_temp_c) - float(s["focus_temp_ref_c"]))
+        return best
+
+    def psf_fwhm_px(self, focus_position: float | None = None,
+                    ambient_temp_c: float | None = None) -> float:
+        """FWHM (px) of the stars rendered at this focuser position.
+
+        Geometric defocus blurs a point into a disc whose diameter grows
+        linearly with the distance from best focus; added in quadrature to
+        the in-focus image (seeing and optics, ``fwhm_px``) it gives
+        ``sqrt(fwhm_px^2 + (defocus_fwhm_per_step * |pos - best|)^2)``, a
+        hyperbola in position (the V-curve), rendered as a Gaussian. Without
+        the focus model or a position: ``fwhm_px``.
+        """
+        base = float(self.settings["fwhm_px"])
+        best = self.best_focus_at(ambient_temp_c)
+        if best is None or focus_position is None:
+            return base
+        blur = float(self.settings["defocus_fwhm_per_step"]) * abs(float(focus_position) - best)
+        return math.hypot(base, blur)
+
+    def twilight_rate(self, sun_alt_deg: float, sun_rate_deg_per_min: float = 0.0,
+                      exptime: float = 0.0) -> float:
+        """Sky rate (e-/s/px) of a 'flat' frame in twilight, averaged over the exposure.
+
+        ``flat_e_per_s_per_px * twilight_factor_per_deg ** (h - twilight_ref_sun_alt_deg)``
+        plus the night sky (``sky_e_per_s_per_px``), h being the sun's
+        altitude (degrees; held at 0 above the horizon): the sky fades by a
+        constant factor per degree of solar depression (2.75 by default,
+        1.1 mag per degree), lit at ``flat_e_per_s_per_px`` when the sun is
+        at ``twilight_ref_sun_alt_deg``. The sun moves at
+        ``sun_rate_deg_per_min`` during the exposure (SUNRATE; negative in
+        the evening), so the mean is taken along the way.
+        """
+        s = self.settings
+        factor, ref = float(s["twilight_factor_per_deg"]), float(s["twilight_ref_sun_alt_deg"])
+        h0 = float(sun_alt_deg)
+        if sun_rate_deg_per_min and exptime > 0:
+            t = (np.arange(_TWILIGHT_SAMPLES) + 0.5) / _TWILIGHT_SAMPLES * exptime
+            h = np.minimum(h0 + float(sun_rate_deg_per_min) * t / 60.0, _TWILIGHT_TOP_DEG)
+            relative = float(np.mean(factor ** (h - ref)))
+        else:
+            relative = factor ** (min(h0, _TWILIGHT_TOP_DEG) - ref)
+        return float(s["flat_e_per_s_per_px"]) * relative + float(s["sky_e_per_s_per_px"])
+
+    def conditions_from_header(self, header: Mapping | fits.Header | None,
+                               image_type: str = "science") -> dict:
+        """The ``render`` keyword arguments a caller's header asks for.
+
+        Read only where a model uses them (so without ``best_focus`` and for
+        frames other than flats nothing is read): FOCUSPOS (focuser
+        position, steps) and AMBTEMP (ambient temperature, C) for sky frames
+        with the focus model on; SUNALT (sun altitude at the exposure start,
+        deg) and SUNRATE (deg per minute) for flats. A key that is missing
+        or undefined is ignored; one that is not a finite number is a
+        CameraError.
+        """
+        fits_header = header if isinstance(header, fits.Header) else as_fits_header(header)
+        out: dict = {}
+        if self.settings["best_focus"] is not None and image_type in _SKY_TYPES:
+            out["focus_position"] = self._header_number(fits_header, FOCUS_KEY)
+            if self.settings["focus_temp_coeff"]:
+                out["ambient_temp_c"] = self._header_number(fits_header, AMBTEMP_KEY)
+        if image_type == "flat":
+            out["sun_alt_deg"] = self._header_number(fits_header, SUNALT_KEY)
+            if out["sun_alt_deg"] is not None:
+                out["sun_rate_deg_per_min"] = self._header_number(fits_header, SUNRATE_KEY)
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _header_number(self, header: fits.Header, key: str) -> float | None:
+        value = header.get(key)
+        if value is None or isinstance(value, fits.card.Undefined):
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CameraError(f"{self.name}: header {key} must be a number, got {value!r}")
+        return float(value)
 
     def true_pointing(self, ra_deg: float, dec_deg: float) -> tuple[float, float]:
         """Where a frame commanded at (ra, dec) is really centred."""
@@ -441,6 +575,7 @@ class SimulatedCamera:
             caller_header = as_fits_header(header)
         except (ValueError, TypeError, AttributeError) as exc:
             raise CameraError(f"{self.name}: header cannot go into FITS: {exc}") from exc
+        conditions = self.conditions_from_header(caller_header, image_type)
         with self._lock:
             if self._closed:
                 raise CameraError(f"{self.name}: camera is closed")
@@ -455,7 +590,8 @@ class SimulatedCamera:
                                  header=caller_header, ra_deg=float(ra_deg) % 360.0,
                                  dec_deg=float(dec_deg), image_type=image_type,
                                  start_unix=self.clock.now(), fault=self._next_fault,
-                                 true_ra_deg=true_ra, true_dec_deg=true_dec)
+                                 true_ra_deg=true_ra, true_dec_deg=true_dec,
+                                 conditions=conditions)
             self._next_fault = None
             self._exposure = exposure
             self._state = "exposing"
@@ -569,7 +705,8 @@ class SimulatedCamera:
             # Rendered while "exposing", so at moderate clock speeds the
             # frame is ready when the simulated readout ends.
             data = self.render(exposure.exptime, exposure.true_ra_deg, exposure.true_dec_deg,
-                               exposure.image_type, noise_seed=exposure.index)
+                               exposure.image_type, noise_seed=exposure.index,
+                               **exposure.conditions)
             if not self._wait_until(exposure.end_unix, exposure.abort):
                 return
             with self._lock:
@@ -621,7 +758,9 @@ class SimulatedCamera:
             "SATURATE": (int(s["saturation_adu"]), "[ADU] saturation level"),
             "SIM-RA": (exposure.true_ra_deg, "[deg] TRUE pointing RA (simulation truth)"),
             "SIM-DEC": (exposure.true_dec_deg, "[deg] TRUE pointing Dec (simulation truth)"),
-            "SIM-FWHM": (float(s["fwhm_px"]), "[px] simulated PSF FWHM"),
+            "SIM-FWHM": (self.psf_fwhm_px(exposure.conditions.get("focus_position"),
+                                          exposure.conditions.get("ambient_temp_c")),
+                         "[px] simulated PSF FWHM"),
             "SIM-SEED": (int(s["seed"]), "simulated sky seed"),
         }
         if float(s["pointing_error_arcsec"]) > 0:
@@ -632,6 +771,14 @@ class SimulatedCamera:
             own["SIM-CAT"] = (str(s["catalog"]), "simulated sky catalogue")
         if float(s["rotation_deg"]) != 0:
             own["SIM-ROT"] = (float(s["rotation_deg"]), "[deg] PA of +y axis (simulation truth)")
+        if s["best_focus"] is not None:
+            own["SIM-BFOC"] = (self.best_focus_at(exposure.conditions.get("ambient_temp_c")),
+                               "[steps] TRUE best focus (simulation truth)")
+        if "sun_alt_deg" in exposure.conditions:
+            c = exposure.conditions
+            own["SIM-SKYR"] = (self.twilight_rate(c["sun_alt_deg"], c.get("sun_rate_deg_per_min", 0.0),
+                                                  exposure.exptime),
+                               "[e-/s/px] simulated twilight sky rate")
         header.update(as_fits_header(own))
         return header
 
@@ -644,30 +791,45 @@ class SimulatedCamera:
                 rng.uniform(20.0, 300.0, n))
 
     def render(self, exptime: float, ra_deg: float, dec_deg: float,
-               image_type: str = "science", noise_seed: int = 0) -> np.ndarray:
+               image_type: str = "science", noise_seed: int = 0, *,
+               focus_position: float | None = None, ambient_temp_c: float | None = None,
+               sun_alt_deg: float | None = None, sun_rate_deg_per_min: float | None = None
+               ) -> np.ndarray:
         """The uint16 frame (height x width) an exposure would produce, centred
         exactly on (ra_deg, dec_deg) (no pointing error: ``start_exposure``
-        adds it, see ``true_pointing``)."""
+        adds it, see ``true_pointing``).
+
+        ``focus_position`` and ``ambient_temp_c`` set the star size when the
+        focus model is on (``psf_fwhm_px``); ``sun_alt_deg`` (and
+        ``sun_rate_deg_per_min``) light a 'flat' with the twilight sky
+        (``twilight_rate``). ``start_exposure`` takes them from the header
+        (``conditions_from_header``).
+        """
         s = self.settings
         is_bias = image_type == "bias"
         level = 0.0 if is_bias else float(s["dark_e_per_s_per_px"]) * exptime
         if image_type in _SKY_TYPES:
             level += float(s["sky_e_per_s_per_px"]) * exptime
         elif image_type == "flat":
-            level += float(s["flat_e_per_s_per_px"]) * exptime
+            if sun_alt_deg is None:
+                level += float(s["flat_e_per_s_per_px"]) * exptime
+            else:
+                level += self.twilight_rate(sun_alt_deg, sun_rate_deg_per_min or 0.0, exptime) * exptime
         electrons = np.full((self.height, self.width), level, dtype=np.float32)
         if image_type in _SKY_TYPES and exptime > 0:
-            self._add_stars(electrons, exptime, ra_deg, dec_deg)
+            self._add_stars(electrons, exptime, ra_deg, dec_deg,
+                            self.psf_fwhm_px(focus_position, ambient_temp_c))
         if not is_bias and exptime > 0:
             np.add.at(electrons, (self._hot_y, self._hot_x),
                       (self._hot_rate * exptime).astype(np.float32))
         return self._digitise(electrons, noise_seed)
 
-    def _add_stars(self, electrons: np.ndarray, exptime: float, ra_deg: float, dec_deg: float) -> None:
+    def _add_stars(self, electrons: np.ndarray, exptime: float, ra_deg: float, dec_deg: float,
+                   fwhm_px: float) -> None:
         s = self.settings
         height, width = electrons.shape
         scale_deg = self.pixel_scale_arcsec / 3600.0
-        sigma = float(s["fwhm_px"]) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        sigma = float(fwhm_px) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
         half = max(2, math.ceil(3.5 * sigma))
         radius_deg = (math.hypot(width, height) / 2.0 + half + 2) * scale_deg * 1.01
         ra, dec, mag = self.catalog.stars_near(ra_deg, dec_deg, radius_deg)
