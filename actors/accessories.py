@@ -18,11 +18,19 @@ SETTLE_GRACE_S = 2.0
 
 
 class _AccessoryActor(UnitActor):
-    """Common part: one move at a time; a new command replaces the one in progress."""
+    """Common part: one move at a time; a new command replaces the one in progress.
+
+    ``SHARE_SAME_ACTION``: a command for the move already under way (a dome told
+    to close while closing: the safety kernel and the supervisor may both ask)
+    joins it, and every requester is answered with its own request id.
+    ``ANSWER_REPLACED``: the requesters of a move replaced by another are
+    answered at once (``ok=False``) instead of never."""
+    SHARE_SAME_ACTION = False
+    ANSWER_REPLACED = False
 
     def setup(self, msg):
         self.driver = make_accessory_driver(self.role, self.name, self.settings, self.clock, self.pandir)
-        self.pending = None      # (action, request id, requester, done(status) -> bool | None)
+        self.pending = None      # (action, poll token, [(request id, requester)], done(status) -> bool | None)
         self.status_failing_since = None
         info = self.driver.connect()
         return {"connect": info, "status": self.driver.status()}
@@ -32,18 +40,33 @@ class _AccessoryActor(UnitActor):
 
     def _begin(self, action: str, start, reached, msg, sender) -> None:
         start()
-        self.pending = (action, msg.request_id, sender, reached)
+        if self.SHARE_SAME_ACTION and self.pending and self.pending[0] == action:
+            self.pending[2].append((msg.request_id, sender))
+            self.pending_since = time.time()
+            self.log.info("move_joined", action=action, requesters=len(self.pending[2]))
+            return                                    # the poll under way answers everyone
+        if self.ANSWER_REPLACED and self.pending:
+            self._reply(False, self._status_or_empty(), f"interrupted: the {self.role} was told to {action}")
+        self.pending = (action, msg.request_id, [(msg.request_id, sender)], reached)
         self.pending_since = time.time()
         self.status_failing_since = None
         self.log.info("move_started", action=action)
         self.wake_in_sim(0.5, "poll", msg.request_id, max_wall=0.1)
 
+    def _status_or_empty(self) -> dict:
+        try:
+            return self.driver.status()
+        except Exception:  # noqa: BLE001 - the answer matters more than the status
+            return {}
+
     def _reply(self, ok: bool, status: dict, error: str = "") -> None:
-        action, request_id, requester, _ = self.pending
+        action, _, requesters, _ = self.pending
         self.pending = None
-        self.log.info("move_finished", action=action, ok=ok, status=status, error=error)
-        self.send(requester, DeviceMoved(name=self.name, action=action, ok=ok, status=status, error=error,
-                                         request_id=request_id))
+        self.log.info("move_finished", action=action, ok=ok, status=status, error=error,
+                      requesters=len(requesters))
+        for request_id, requester in requesters:
+            self.send(requester, DeviceMoved(name=self.name, action=action, ok=ok, status=status, error=error,
+                                             request_id=request_id))
 
     def on_tick(self, tick: Tick):
         if tick.kind != "poll" or not self.pending or self.pending[1] != tick.token:
@@ -77,6 +100,8 @@ class _AccessoryActor(UnitActor):
 
 class DomeActor(_AccessoryActor):
     role = "dome"
+    SHARE_SAME_ACTION = True
+    ANSWER_REPLACED = True
 
     @staticmethod
     def _until(goal: str):

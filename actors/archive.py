@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
+import time
 from pathlib import Path
 
 from actors.base import UnitActor
 from messages import (CloseObservation, NightSummaryWritten, RecordDecision, RecordEvent, RecordExposure,
-                      RecordMetrics, RecordObservation, WriteNightSummary)
+                      RecordMetrics, RecordObservation, RecordSafetyAudit, Tick, WriteNightSummary)
 from observatory.archive import Archive
 
 
@@ -17,6 +20,8 @@ class ArchiveActor(UnitActor):
 
     def setup(self, msg):
         self.archive = Archive(Path(self.pandir) / "db" / "unit.sqlite")
+        self.reports_done: queue.Queue = queue.Queue()
+        self.reports_running = 0
         return {"path": str(self.archive.path)}
 
     def device_status(self):
@@ -40,6 +45,9 @@ class ArchiveActor(UnitActor):
     def receiveMsg_RecordDecision(self, m: RecordDecision, sender):
         self.archive.record_decision(m.decision_id, m.time_unix, m.winner, m.reason, m.decision)
 
+    def receiveMsg_RecordSafetyAudit(self, m: RecordSafetyAudit, sender):
+        self.archive.record_safety_audit(m)
+
     def receiveMsg_WriteNightSummary(self, m: WriteNightSummary, sender):
         summary = self.archive.night_summary(m.night, m.start_unix, m.end_unix, m.stats)
         path = Path(self.pandir) / "reports" / m.night / "summary.json"
@@ -49,7 +57,47 @@ class ArchiveActor(UnitActor):
         os.replace(tmp, path)
         self.send(sender, NightSummaryWritten(night=m.night, path=str(path), summary=summary,
                                               request_id=m.request_id))
+        self._start_report(m.night, m.start_unix, m.end_unix)
+
+    def _start_report(self, night: str, start_unix: float, end_unix: float) -> None:
+        """The nightly report (HTML and plots) takes seconds of plotting: made in a
+        thread that only reads the database; the result is recorded from here."""
+        def make():
+            from observatory.report import make_report
+            try:
+                path = make_report(self.pandir, night, site=dict(self.site), start_unix=start_unix,
+                                   end_unix=end_unix)
+                self.reports_done.put((night, str(path), None))
+            except Exception as e:  # noqa: BLE001 - a report must never take the archive down
+                self.reports_done.put((night, None, f"{type(e).__name__}: {e}"))
+        self.reports_running += 1
+        thread = threading.Thread(target=make, name=f"report-{night}", daemon=True)
+        thread.start()
+        self.report_threads = [t for t in getattr(self, "report_threads", []) if t.is_alive()] + [thread]
+        self.wake_in_wall(0.5, "report")
+
+    def on_tick(self, tick: Tick):
+        if tick.kind != "report":
+            return
+        while True:
+            try:
+                night, path, error = self.reports_done.get_nowait()
+            except queue.Empty:
+                break
+            self.reports_running -= 1
+            now = self.clock.now()
+            if error:
+                self.log.error("report_failed", night=night, error=error)
+                self.archive.record_event("error", "archive", f"nightly report {night} failed: {error}", now,
+                                          time.time(), {"night": night})
+            else:
+                self.archive.record_event("report", "archive", f"nightly report {night}: {path}", now,
+                                          time.time(), {"night": night, "path": path})
+        if self.reports_running:
+            self.wake_in_wall(0.5, "report")
 
     def teardown(self):
+        for thread in getattr(self, "report_threads", []):
+            thread.join(timeout=20.0)          # a stop right after the night: let its report finish
         if getattr(self, "archive", None):
             self.archive.close()

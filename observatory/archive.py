@@ -73,7 +73,27 @@ CREATE TABLE IF NOT EXISTS pending_metrics (
     metrics     TEXT NOT NULL,
     drift       TEXT
 );
+-- The safety kernel's audit trail (docs/operate.md, "Safety"): one row per
+-- change of verdict or of its set of conditions, and per park/close command
+-- the kernel sent and per answer to it. JSON columns: reasons (list of
+-- text), inputs (what the rules looked at), changed (condition keys added,
+-- cleared, clearing, unsafe_again).
+CREATE TABLE IF NOT EXISTS safety_audit (
+    id         TEXT PRIMARY KEY,
+    time       TEXT NOT NULL,
+    time_unix  REAL NOT NULL,
+    wall_unix  REAL NOT NULL,
+    kind       TEXT NOT NULL,
+    safe       INTEGER NOT NULL,
+    reasons    TEXT NOT NULL DEFAULT '[]',
+    inputs     TEXT NOT NULL DEFAULT '{}',
+    changed    TEXT NOT NULL DEFAULT '{}',
+    device     TEXT,
+    action     TEXT,
+    message    TEXT NOT NULL DEFAULT ''
+);
 CREATE INDEX IF NOT EXISTS events_time ON events(time_unix);
+CREATE INDEX IF NOT EXISTS safety_audit_time ON safety_audit(time_unix);
 CREATE INDEX IF NOT EXISTS exposures_obs ON exposures(observation_id);
 """
 
@@ -138,6 +158,15 @@ class Archive:
     def record_decision(self, decision_id: str, time_unix: float, winner, reason: str, decision: dict) -> None:
         self.db.execute("INSERT OR IGNORE INTO decisions(id, time, winner, reason, data) VALUES (?,?,?,?,?)",
                         (decision_id, iso(time_unix), winner, reason, json.dumps(decision, default=str)))
+
+    def record_safety_audit(self, m) -> None:
+        # INSERT OR IGNORE: the kernel re-sends its latest records to a restarted archive.
+        self.db.execute(
+            "INSERT OR IGNORE INTO safety_audit(id, time, time_unix, wall_unix, kind, safe, reasons, inputs, changed,"
+            " device, action, message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (m.audit_id, iso(m.time_unix), m.time_unix, m.wall_unix, m.kind, int(bool(m.safe)),
+             json.dumps(list(m.reasons), default=str), json.dumps(m.inputs, default=str),
+             json.dumps(m.changed, default=str), m.device or None, m.action or None, m.message))
 
     def night_summary(self, night: str, start_unix: float, end_unix: float, stats: dict) -> dict:
         """What the night produced, from the store, plus the supervisor's own figures."""

@@ -10,7 +10,12 @@ simulated time::
         conditions: rain
         wind_kph: 25            # optional overrides of the raw values
 
-Before the first entry the conditions are ``clear``. Entries must be in
+An entry may also say ``power: mains`` or ``power: battery``: the mains power
+of the unit from that entry on (absent: mains), which the simulated UPS of
+the safety kernel follows (``drivers/ups.py``); the weather station itself
+ignores it. ``offline`` entries may carry it too.
+
+Before the first entry the conditions are ``clear`` and the power is mains. Entries must be in
 strictly increasing time order. The file may also be a bare list of entries, or
 empty (clear all night). Entries are counted from 1 in error messages, as a
 person reading the file would count them.
@@ -48,7 +53,8 @@ CONDITIONS: dict[str, dict | None] = {
     "offline": None,
 }
 
-_ENTRY_KEYS = {"after", "at", "conditions", *RAW_KEYS}
+POWER_STATES = ("mains", "battery")
+_ENTRY_KEYS = {"after", "at", "conditions", "power", *RAW_KEYS}
 _DURATION_RE = re.compile(
     r"^\s*(?:(?P<h>\d+(?:\.\d*)?)\s*h)?\s*(?:(?P<m>\d+(?:\.\d*)?)\s*m)?\s*(?:(?P<s>\d+(?:\.\d*)?)\s*s)?\s*$")
 
@@ -85,6 +91,7 @@ class TimelineEntry:
     unix: float
     conditions: str
     values: dict | None  # complete raw values, None when offline
+    power: str = "mains"  # the unit's mains power from this entry on (simulated UPS)
 
 
 class WeatherTimeline:
@@ -141,6 +148,11 @@ class WeatherTimeline:
         values = entry.values if entry.values is not None else dict.fromkeys(RAW_KEYS)
         return {"conditions": entry.conditions, **values}
 
+    def power_at(self, unix: float) -> str:
+        """'mains' or 'battery': the power of the entry in force at ``unix``."""
+        index = self._index_at(unix)
+        return "mains" if index < 0 else self.entries[index].power
+
     def offline_since(self, unix: float) -> float | None:
         """When the offline spell in force at ``unix`` began, or None if online."""
         index = self._index_at(unix)
@@ -163,7 +175,7 @@ def _parse_entry(raw, start_unix: float, where: str) -> TimelineEntry:
     unknown = sorted(set(raw) - _ENTRY_KEYS)
     if unknown:
         raise TimelineError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} "
-                            f"(expected after or at, conditions, {', '.join(RAW_KEYS)})")
+                            f"(expected after or at, conditions, power, {', '.join(RAW_KEYS)})")
     if ("after" in raw) == ("at" in raw):
         raise TimelineError(f"{where}: needs exactly one of 'after' (duration from start) or 'at' (ISO UTC time)")
     if "after" in raw:
@@ -178,11 +190,14 @@ def _parse_entry(raw, start_unix: float, where: str) -> TimelineEntry:
     if not isinstance(name, str) or name not in CONDITIONS:
         label = "missing conditions" if name is None else f"unknown conditions {name!r}"
         raise TimelineError(f"{where}: {label} (expected one of {', '.join(CONDITIONS)})")
+    power = raw.get("power", "mains")
+    if power not in POWER_STATES:
+        raise TimelineError(f"{where}: power must be {' or '.join(POWER_STATES)}, got {power!r}")
     overrides = {k: raw[k] for k in RAW_KEYS if k in raw}
     if CONDITIONS[name] is None:
         if overrides:
             raise TimelineError(f"{where}: offline entries take no values, got {', '.join(overrides)}")
-        return TimelineEntry(unix, name, None)
+        return TimelineEntry(unix, name, None, power)
 
     values = dict(CONDITIONS[name])
     for key, value in overrides.items():
@@ -200,7 +215,7 @@ def _parse_entry(raw, start_unix: float, where: str) -> TimelineEntry:
     else:
         # Gusts are never weaker than the mean wind.
         values["gust_kph"] = max(values["gust_kph"], values["wind_kph"])
-    return TimelineEntry(unix, name, values)
+    return TimelineEntry(unix, name, values, power)
 
 
 def _parse_at(value, where: str) -> float:
