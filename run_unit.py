@@ -4,8 +4,14 @@ print a line per state change, and stop cleanly.
 
     python run_unit.py --nights 1 --speed 600 --start 2026-11-24T03:00:00
 
-Exit status: 0 after a clean stop (nights done, SIGTERM or Ctrl-C), 1 when the
-unit failed, 2 for bad configuration or command-line input.
+Exit status: 0 after a clean stop (nights done, SIGTERM, Ctrl-C or the
+console's ``stop``), 1 when the unit failed, 2 for bad configuration or
+command-line input.
+
+While it runs it serves the control socket ``$PANDIR/run/control.sock`` (see
+observatory/control.py; ``python -m console`` talks to it) and, under systemd
+(``Type=notify``), reports READY=1, WATCHDOG=1 and STOPPING=1 on
+$NOTIFY_SOCKET.
 """
 from __future__ import annotations
 
@@ -63,6 +69,47 @@ def validate_inputs(config: dict, start_unix: float) -> None:
         WeatherTimeline.load(config["weather"]["timeline"], start_unix)
 
 
+class SystemdNotifier:
+    """sd_notify(3) without a library: datagrams to $NOTIFY_SOCKET.
+
+    Does nothing when not started by systemd. The variables are removed from
+    the environment so that no child process (actors, simulators) inherits
+    them. ``watchdog_interval`` is half of $WATCHDOG_USEC (None without a
+    watchdog)."""
+
+    def __init__(self, environ=os.environ):
+        address = environ.pop("NOTIFY_SOCKET", None)
+        usec = environ.pop("WATCHDOG_USEC", None)
+        pid = environ.pop("WATCHDOG_PID", None)
+        self.address = None
+        if address and (address.startswith("/") or address.startswith("@")):
+            self.address = "\0" + address[1:] if address.startswith("@") else address
+        self.watchdog_interval = None
+        try:
+            if usec and int(usec) > 0 and (not pid or int(pid) == os.getpid()):
+                self.watchdog_interval = int(usec) / 2e6
+        except ValueError:
+            pass
+        self.ready_sent = False
+
+    def notify(self, *lines: str) -> None:
+        if not self.address:
+            return
+        from observatory.control import unix_address
+        fd = None
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                address = self.address
+                if not address.startswith("\0"):
+                    address, fd = unix_address(Path(address))
+                s.sendto("\n".join(lines).encode(), address)
+        except OSError:
+            pass                         # systemd went away: nothing to tell
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -72,12 +119,20 @@ def port_in_use(port: int) -> bool:
 class Unit:
     """The service process: owns the actor system and watches the supervisor."""
 
-    def __init__(self, args, config: dict, pandir: Path):
+    WATCHDOG_PROBE = "watchdog"
+
+    def __init__(self, args, config: dict, pandir: Path, overrides: dict | None = None):
         self.args, self.config, self.pandir = args, config, pandir
+        self.overrides = overrides or {}
         self.stop_reason = None
         self.exit_code = EXIT_OK
         self.asys = None
         self.wire = []          # wire-level simulators standing in for hardware
+        self.notifier = SystemdNotifier()
+        self.control = None     # observatory.control.ControlHandler: requests from the control socket
+        self.control_server = None
+        self.pending = {}       # request id -> Pending (or WATCHDOG_PROBE) awaiting the supervisor
+        self.probe_sent = 0.0   # wall time of the last watchdog probe
 
     def _on_signal(self, signum, frame):
         self.stop_reason = signal.Signals(signum).name
@@ -138,6 +193,10 @@ class Unit:
                                           nights=self.args.nights, owner_pid=os.getpid()))
             self.say(f"unit '{self.config['name']}' at {self.config['location']['name']}: simulated start "
                      f"{iso(clock.start_unix)}, speed x{clock.speed:g}, data in {self.pandir}")
+            if self.overrides:
+                self.say("configuration overrides (run/config-overrides.yaml): "
+                         + ", ".join(f"{k}={v}" for k, v in self.overrides.items()))
+            self._start_control()
             stopped = self._watch(sup, clock, GetUnitStatus, StopUnit, UnitStarted, UnitStateChanged,
                                   NightComplete, UnitFailed, UnitStopped, pid_alive)
             if not stopped:
@@ -145,12 +204,70 @@ class Unit:
                       file=sys.stderr, flush=True)
                 self.exit_code = EXIT_FAILED
         finally:
+            if self.control_server is not None:
+                self.control_server.close()
             self._shutdown(pid_alive)
             lock.close()
         return self.exit_code
 
+    def _start_control(self) -> None:
+        """The control socket, served in threads that only queue work for _watch."""
+        from observatory.control import ControlHandler, ControlServer, socket_path
+        self.control = ControlHandler(self.pandir, self.config)
+        try:
+            self.control_server = ControlServer(socket_path(self.pandir), self.control).start()
+        except OSError as e:
+            raise UsageError(f"cannot serve the control socket {socket_path(self.pandir)}: "
+                             f"{e.strerror or e}") from None
+
+    def _pump_control(self, sup, GetUnitStatus) -> None:
+        """Hand queued control requests to the supervisor (or begin the stop),
+        forget requests whose asker gave up, and probe the supervisor for the
+        systemd watchdog."""
+        import queue
+        while self.control is not None:
+            try:
+                item = self.control.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item.kind == "stop":
+                if self.stop_reason:
+                    item.resolve({"stopping": True, "already": True, "reason": self.stop_reason})
+                else:
+                    self.stop_reason = f"stop command: {item.message.reason}"
+                    item.resolve({"stopping": True, "already": False, "reason": self.stop_reason})
+                continue
+            self.pending[item.message.request_id] = item
+            self.asys.tell(sup, item.message)
+        now = time.time()
+        for rid, item in list(self.pending.items()):
+            created = self.probe_sent if item == self.WATCHDOG_PROBE else item.created
+            if now - created > 60:
+                del self.pending[rid]
+        interval = self.notifier.watchdog_interval
+        if interval and now - self.probe_sent >= interval:
+            for rid in [r for r, i in self.pending.items() if i == self.WATCHDOG_PROBE]:
+                del self.pending[rid]
+            probe = GetUnitStatus()
+            self.pending[probe.request_id] = self.WATCHDOG_PROBE
+            self.probe_sent = now
+            self.asys.tell(sup, probe)
+
+    def _control_reply(self, msg) -> bool:
+        """A reply to a control request or a watchdog probe: hand it over."""
+        rid = getattr(msg, "request_id", None)
+        item = self.pending.pop(rid, None) if rid is not None else None
+        if item is None:
+            return False
+        if item == self.WATCHDOG_PROBE:
+            self.notifier.notify("WATCHDOG=1")
+        else:
+            item.resolve(msg)
+        return True
+
     def _watch(self, sup, clock, GetUnitStatus, StopUnit, UnitStarted, UnitStateChanged, NightComplete,
                UnitFailed, UnitStopped, pid_alive) -> bool:
+        from messages import CommandFailed, ControlReply, UnitStatus
         from observatory.clock import iso
         stop_sent = None
         sup_pid = None
@@ -159,16 +276,27 @@ class Unit:
             if self.stop_reason and stop_sent is None:
                 self.say(f"stopping ({self.stop_reason}): parking and closing")
                 stop_sent = time.time()
+                self.notifier.notify("STOPPING=1", f"STATUS=stopping ({self.stop_reason}): parking and closing")
                 self.asys.tell(sup, StopUnit(reason=self.stop_reason))
             if stop_sent and time.time() - stop_sent > 120:
                 return False
-            msg = self.asys.listen(0.2)
-            if isinstance(msg, UnitStarted):
+            self._pump_control(sup, GetUnitStatus)
+            # Short, so that a control request queued meanwhile is sent soon.
+            msg = self.asys.listen(0.05)
+            if isinstance(msg, (ControlReply, UnitStatus, CommandFailed)) and self._control_reply(msg):
+                pass
+            elif isinstance(msg, UnitStarted):
                 sup_pid = msg.pid
             elif isinstance(msg, UnitStateChanged):
                 target = f" [{msg.target}]" if msg.target else ""
                 note = f": {msg.note}" if msg.note else ""
                 self.say(f"{iso(msg.time_unix)[:19]}  {msg.previous:>12} -> {msg.state:<12}{target}{note}")
+                status = f"STATUS={msg.state}{target}"
+                if msg.previous == "starting" and not self.notifier.ready_sent:
+                    self.notifier.ready_sent = True
+                    self.notifier.notify("READY=1", status)
+                else:
+                    self.notifier.notify(status)
             elif isinstance(msg, NightComplete):
                 print(json.dumps(msg.summary, indent=2), flush=True)
                 self.say(f"night {msg.night}: summary in {msg.summary_path}")
@@ -231,9 +359,12 @@ def main(argv=None) -> int:
                 raise UsageError(f"--start: not an ISO UTC time: {args.start!r} "
                                  "(expected e.g. 2026-11-24T03:00:00)") from None
         config = load_config(args.config)
-        validate_inputs(config, start_unix)
         pandir = Path(args.pandir or os.environ.get("PANDIR") or Path.home() / "panoptes").expanduser().resolve()
-        return Unit(args, config, pandir).run()
+        # What `config set` changed on an earlier run, validated like the file itself.
+        from observatory.control import apply_overrides, overrides_path
+        config, overrides = apply_overrides(config, overrides_path(pandir))
+        validate_inputs(config, start_unix)
+        return Unit(args, config, pandir, overrides).run()
     except (ConfigError, StateTableError, FieldsError, TimelineError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
