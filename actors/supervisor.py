@@ -162,7 +162,10 @@ class Supervisor(UnitActor):
         self.failure = None
         self.give_up = None            # set when a vital device is lost: park, then fail
         self.verdict_wall = 0.0
+        self.journal = None
+        self.resume: dict | None = None
         self._new_night(self.clock.now())
+        self._open_journal()
 
         self.children: dict[str, Child] = {}
         c = self.config
@@ -191,6 +194,70 @@ class Supervisor(UnitActor):
     # The safety actor talks to these directly: it reads the weather, commands
     # park and close itself when unsafe, and records its audit trail.
     SAFETY_PEERS = ("weather", "mount", "dome", "archive")
+
+    # ------------------------------------------------------------ the journal and resuming
+
+    def _open_journal(self) -> None:
+        """Read what the last run left in the journal, settle it, and start writing."""
+        from observatory import journal
+        path = Path(self.pandir) / "run" / "journal.jsonl"
+        found = journal.replay(path)
+        self.journal = journal.Journal(path)
+        self.round_index = found.last_round_index
+        for part in (Path(self.pandir) / "images").rglob(".*.part"):
+            part.unlink(missing_ok=True)         # a frame being written when the unit died: never a frame
+            self.event("resume", f"removed the half-written {part.name}", path=str(part))
+        for exposure in found.in_flight.values():
+            self._settle_exposure_from_journal(exposure)
+        ob = found.observation
+        if ob and found.night == self.night_date and ob.get("night") == self.night_date:
+            self.resume = ob
+            self.exposures_done = dict(found.exposures_done)
+            self.event("resume", f"{ob['field']}: interrupted at frame {ob['frames']} by a restart; "
+                                 "resuming it when observing starts", field=ob["field"], observation_id=ob["id"])
+        elif ob:
+            self.to_archive(CloseObservation(observation_id=ob["id"], end_unix=found.last_time_unix or self.clock.now(),
+                                             status="interrupted", exposures=ob["frames"]))
+            self.event("resume", f"{ob['field']}: interrupted by a restart, and its night is over", field=ob["field"])
+        self.journal.restart(journal.JournalState(night=self.night_date, observation=self.resume,
+                                                  exposures_done=dict(self.exposures_done),
+                                                  last_round_index=self.round_index), self.clock.now())
+
+    def _settle_exposure_from_journal(self, e: dict) -> None:
+        """An exposure under way when the unit died: its file exists (complete: files
+        are written atomically) and gets its record, or it never came and is lost."""
+        path = Path(e["path"])
+        if path.exists():
+            end = e["start_unix"] + e["exptime"]
+            self.to_archive(RecordExposure(
+                exposure_id=e["exposure_id"], observation_id=e.get("observation_id"), camera=e["camera"],
+                image_type=e["image_type"], path=str(path), start_unix=e["start_unix"], end_unix=end,
+                exptime=e["exptime"], ra_deg=e.get("ra_deg"), dec_deg=e.get("dec_deg"),
+                set_index=e.get("set_index", 0), frame_index=e.get("frame_index", 0)))
+            self.event("resume", f"{e['camera']}: frame {path.name} was written before the restart; recorded",
+                       exposure_id=e["exposure_id"], path=str(path))
+        else:
+            self.event("resume", f"{e['camera']}: exposure {e['exposure_id']} was lost in the restart (no file)",
+                       exposure_id=e["exposure_id"])
+
+    def _journal(self, kind: str, **data) -> None:
+        if self.journal is not None:
+            self.journal.write(kind, self.clock.now(), **data)
+
+    def _resume_observation(self) -> bool:
+        r, self.resume = self.resume, None
+        if r is None:
+            return False
+        self.observation = Observation(
+            id=r["id"], name=r["field"], ra_deg=r["ra_deg"], dec_deg=r["dec_deg"], exptime=r["exptime"],
+            min_nexp=r["min_nexp"], exp_set_size=r["exp_set_size"], priority=r["priority"],
+            decision_id=r.get("decision_id"), seq_id=r["seq_id"], start_unix=r["start_unix"], frames=r["frames"],
+            frame_in_set=r["frame_in_set"], set_index=r["set_index"], command_ra=r.get("command_ra"),
+            command_dec=r.get("command_dec"))
+        self.event("resume", f"resuming {r['field']} at frame {r['frames']} (set {r['set_index'] + 1})",
+                   field=r["field"], observation_id=r["id"], frames=r["frames"])
+        self.goto("slewing", "resuming an interrupted observation")
+        return True
 
     def _peers_for(self, child: Child) -> dict:
         if child.role == "safety":
@@ -392,6 +459,7 @@ class Supervisor(UnitActor):
         if self.stopping and state not in ("parking", "parked"):
             return
         self.state, self.state_since, self.deadline = state, self.clock.now(), None
+        self._journal("state", state=state)
         if state != "tracking":
             self.flip_at = None
         target = self.observation.name if self.observation else None
@@ -453,6 +521,8 @@ class Supervisor(UnitActor):
 
     # scheduling
     def _enter_scheduling(self):
+        if self._resume_observation():
+            return
         self._request_schedule()
 
     def _request_schedule(self):
@@ -496,6 +566,9 @@ class Supervisor(UnitActor):
                                        exp_set_size=o["exp_set_size"], priority=o["priority"],
                                        decision_id=msg.decision_id, seq_id=seq_id, start_unix=now)
         ob = self.observation
+        self._journal("observation", id=ob.id, field=ob.name, ra_deg=ob.ra_deg, dec_deg=ob.dec_deg,
+                      exptime=ob.exptime, min_nexp=ob.min_nexp, exp_set_size=ob.exp_set_size, priority=ob.priority,
+                      decision_id=ob.decision_id, seq_id=ob.seq_id, start_unix=ob.start_unix, night=self.night_date)
         self.to_archive(RecordObservation(observation_id=ob.id, night=self.night_date, field_name=ob.name,
                                           ra_deg=ob.ra_deg, dec_deg=ob.dec_deg, priority=ob.priority,
                                           exptime=ob.exptime, min_nexp=ob.min_nexp, exp_set_size=ob.exp_set_size,
@@ -512,6 +585,7 @@ class Supervisor(UnitActor):
             status = "completed"
         self.to_archive(CloseObservation(observation_id=ob.id, end_unix=self.clock.now(), status=status,
                                          exposures=ob.frames))
+        self._journal("observation_closed", id=ob.id, status=status)
         self.observation = None
 
     # slewing
@@ -782,6 +856,10 @@ class Supervisor(UnitActor):
                                 ra_deg=self.mount_status.get("ra_deg", ob.ra_deg),
                                 dec_deg=self.mount_status.get("dec_deg", ob.dec_deg), header=hdr)
             self.round[cam.name] = exposure_id
+            self._journal("exposure_started", exposure_id=exposure_id, camera=cam.name, path=str(path),
+                          observation_id=ob.id, image_type=image_type, exptime=exptime, start_unix=now,
+                          round_index=self.round_index, ra_deg=msg.ra_deg, dec_deg=msg.dec_deg,
+                          set_index=ob.set_index, frame_index=ob.frames)
             self._ask(cam.address, msg, "exposure")
         readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in cams)
         self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], f"{image_type} exposures")
@@ -812,6 +890,12 @@ class Supervisor(UnitActor):
         pass   # the exposure id in the round already says it is under way
 
     def receiveMsg_ExposureComplete(self, msg: ExposureComplete, sender):
+        self._exposure_complete(msg)
+        # Only once its record is on its way to the archive: a crash before this
+        # line leaves the exposure in flight in the journal, recorded at resume.
+        self._journal("exposure_done", exposure_id=msg.exposure_id, outcome="recorded")
+
+    def _exposure_complete(self, msg: ExposureComplete):
         if self.pictures.pop(msg.exposure_id, None):
             self.expect.pop(msg.request_id, None)
             self.to_archive(RecordExposure(
@@ -849,6 +933,7 @@ class Supervisor(UnitActor):
                           solve="fast" if self.config["observing"]["plate_solve"] else "")
 
     def receiveMsg_ExposureFailed(self, msg: ExposureFailed, sender):
+        self._journal("exposure_done", exposure_id=msg.exposure_id, outcome="failed")
         self.expect.pop(msg.request_id, None)
         self.pictures.pop(msg.exposure_id, None)
         self.event("error", f"{msg.camera}: exposure failed: {msg.error}", camera=msg.camera,
@@ -858,6 +943,7 @@ class Supervisor(UnitActor):
             self._round_progress()
 
     def receiveMsg_ExposureAborted(self, msg: ExposureAborted, sender):
+        self._journal("exposure_done", exposure_id=msg.exposure_id, outcome="aborted")
         self.expect.pop(msg.request_id, None)
         self.pictures.pop(msg.exposure_id, None)
         self.event("exposure", f"{msg.camera}: exposure {msg.exposure_id} aborted", camera=msg.camera,
@@ -923,6 +1009,9 @@ class Supervisor(UnitActor):
             ob.frames += 1
             ob.frame_in_set += 1
             self.exposures_done[ob.name] = self.exposures_done.get(ob.name, 0) + 1
+            self._journal("round", id=ob.id, frames=ob.frames,
+                          set_index=ob.set_index + (ob.frame_in_set >= ob.exp_set_size),
+                          frame_in_set=ob.frame_in_set % ob.exp_set_size, exposures_done=dict(self.exposures_done))
         else:
             # No camera delivered: a device or its link is down. Re-read the mount
             # before the next round (it may have been reset too), and after a few
@@ -1001,6 +1090,7 @@ class Supervisor(UnitActor):
         cdec = ob.dec_deg if ob.command_dec is None else ob.command_dec
         ra, dec = tan_deproject([-east / 3600.0], [-north / 3600.0], cra, cdec)
         ob.command_ra, ob.command_dec = float(ra[0]) % 360.0, float(dec[0])
+        self._journal("command", id=ob.id, ra_deg=ob.command_ra, dec_deg=ob.command_dec)
         self.event("pointing", f"{ob.name}: attempt {attempt} {off:.0f} arcsec off (solved by {sol['method']}); "
                                f"re-slewing to {ob.command_ra:.4f} {ob.command_dec:+.4f}",
                    corrected_ra=ob.command_ra, corrected_dec=ob.command_dec, **data)
@@ -1089,6 +1179,9 @@ class Supervisor(UnitActor):
         self.night_restarts = {}
         self.exposures_done = {}
         self.last_integrated = now
+        if getattr(self, "journal", None) is not None:
+            from observatory.journal import JournalState
+            self.journal.restart(JournalState(night=self.night_date, last_round_index=self.round_index), now)
 
     # ------------------------------------------------------------ safety
 

@@ -48,8 +48,9 @@ def write_config(tmp_path: Path, overrides: dict | None = None, weather: list | 
 
 class RunningUnit:
     def __init__(self, tmp_path: Path, *, start: str, speed: float, nights: int | None = None,
-                 overrides: dict | None = None, weather: list | None = None, config: Path | None = None):
-        self.pandir = tmp_path / "pandir"
+                 overrides: dict | None = None, weather: list | None = None, config: Path | None = None,
+                 pandir: Path | None = None):
+        self.pandir = pandir or tmp_path / "pandir"
         self.config = config or write_config(tmp_path, overrides, weather)
         self.speed = speed
         args = [sys.executable, str(ROOT / "run_unit.py"), "--config", str(self.config), "--start", start,
