@@ -159,7 +159,7 @@ class Shell(cmd.Cmd):
                 return [w + " " for w in ("get", "set") if w.startswith(text)]
             if len(words) == 2:
                 keys = self.config_keys(live_only=words[1] == "set")
-                return [k for k in keys if k.startswith(text)]
+                return [k + " " for k in keys if k.startswith(text)]
             return []
         if command == "picture":
             if words[-1] == "--camera":
