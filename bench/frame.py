@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import shutil
 import sqlite3
@@ -230,7 +229,8 @@ def main(argv=None) -> int:
     totals = [sum(r[s] for s in STAGES) for r in rows]
     pipeline = [sum(r[s] for s in STAGES if s != "render") for r in rows]
     print()
-    print(f"{'stage':<10}{'median ms':>12}{'p90 ms':>10}" + ("" if args.no_baseline else f"{'baseline median':>18}{'p90':>10}"))
+    baseline_head = "" if args.no_baseline else f"{'baseline median':>18}{'p90':>10}"
+    print(f"{'stage':<10}{'median ms':>12}{'p90 ms':>10}" + baseline_head)
     for stage in (*STAGES, "total", "pipeline"):
         values = totals if stage == "total" else pipeline if stage == "pipeline" else [r[stage] for r in rows]
         line = f"{stage:<10}{ms(values):>12.1f}{ms90(values):>10.1f}"

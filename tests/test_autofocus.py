@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from observatory.autofocus import (Autofocus, AutofocusSettings, FocusFit, fit_focus, needs_refocus,
+from observatory.autofocus import (Autofocus, AutofocusSettings, fit_focus, needs_refocus,
                                    plan_sweep)
 from observatory.clock import SimClock
 from observatory.imaging import measure_frame
