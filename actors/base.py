@@ -100,10 +100,9 @@ class UnitActor(ActorTypeDispatcher):
             self.inject_device_fault(msg.kind, p)     # raises if this device cannot do it
         self.send(sender, ControlReply(ok=True, result={"target": self.name, "kind": msg.kind},
                                        request_id=msg.request_id))
-        if msg.kind == "exit":
-            os._exit(3)
-        elif msg.kind == "hang":
-            time.sleep(float(p.get("seconds", 3600.0)))
+        if msg.kind in ("exit", "hang"):
+            # Later, from a wakeup: the reply must leave this process first.
+            self.wake_in_wall(0.2, f"fault-{msg.kind}", float(p.get("seconds", 3600.0)))
 
     def inject_device_fault(self, kind: str, params: dict) -> None:
         raise ValueError(f"{self.name} cannot simulate a {kind!r} fault")
@@ -118,7 +117,12 @@ class UnitActor(ActorTypeDispatcher):
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender):
         if isinstance(msg.payload, Tick):
-            self.on_tick(msg.payload)
+            if msg.payload.kind == "fault-exit":
+                os._exit(3)
+            elif msg.payload.kind == "fault-hang":
+                time.sleep(msg.payload.token)
+            else:
+                self.on_tick(msg.payload)
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender):
         try:

@@ -82,12 +82,14 @@ class CameraActor(UnitActor):
                 image_type=start_msg.image_type, start_unix=result["start_unix"],
                 end_unix=result["end_unix"], exptime=result["exptime"], request_id=start_msg.request_id))
 
+    READOUT_FAULTS = {"error": "error", "hang_readout": "hang"}
+
     def inject_device_fault(self, kind, params):
-        """'error': the next readout fails; 'hang': the next readout never ends (simulated camera)."""
+        """'error': the next readout fails; 'hang_readout': the next readout never ends (simulated camera)."""
         inject = getattr(self.driver, "inject_fault", None)
-        if inject is None or kind not in ("error", "hang"):
+        if inject is None or kind not in self.READOUT_FAULTS:
             super().inject_device_fault(kind, params)
-        inject(kind)
+        inject(self.READOUT_FAULTS[kind])
 
     def teardown(self):
         driver = getattr(self, "driver", None)

@@ -164,6 +164,7 @@ class Supervisor(UnitActor):
         self.verdict_wall = 0.0
         self.journal = None
         self.resume: dict | None = None
+        self.in_flight_exposures: dict[str, dict] = {}   # exposure id -> what was journaled when it started
         self._new_night(self.clock.now())
         self._open_journal()
 
@@ -223,7 +224,12 @@ class Supervisor(UnitActor):
                                                   exposures_done=dict(self.exposures_done),
                                                   last_round_index=self.round_index), self.clock.now())
 
-    def _settle_exposure_from_journal(self, e: dict) -> None:
+    @staticmethod
+    def _remove_partial_files(path: Path) -> None:
+        for part in path.parent.glob(f".{path.name}.*.part"):
+            part.unlink(missing_ok=True)
+
+    def _settle_exposure_from_journal(self, e: dict, why: str = "before the restart") -> None:
         """An exposure under way when the unit died: its file exists (complete: files
         are written atomically) and gets its record, or it never came and is lost."""
         path = Path(e["path"])
@@ -234,13 +240,16 @@ class Supervisor(UnitActor):
                 image_type=e["image_type"], path=str(path), start_unix=e["start_unix"], end_unix=end,
                 exptime=e["exptime"], ra_deg=e.get("ra_deg"), dec_deg=e.get("dec_deg"),
                 set_index=e.get("set_index", 0), frame_index=e.get("frame_index", 0)))
-            self.event("resume", f"{e['camera']}: frame {path.name} was written before the restart; recorded",
+            self.event("resume" if why == "before the restart" else "exposure",
+                       f"{e['camera']}: frame {path.name} was written {why}; recorded",
                        exposure_id=e["exposure_id"], path=str(path))
         else:
             self.event("resume", f"{e['camera']}: exposure {e['exposure_id']} was lost in the restart (no file)",
                        exposure_id=e["exposure_id"])
 
     def _journal(self, kind: str, **data) -> None:
+        if kind == "exposure_done":
+            self.in_flight_exposures.pop(data["exposure_id"], None)
         if self.journal is not None:
             self.journal.write(kind, self.clock.now(), **data)
 
@@ -358,11 +367,22 @@ class Supervisor(UnitActor):
         if child.role in ACCESSORY_ROLES:
             ours = {"dome": ("dome-open", "dome-close"), "focuser": ("focus",), "filterwheel": ("filter",)}
             self.expect = {k: v for k, v in self.expect.items() if v not in ours[child.role]}
-        if child.role == "camera" and child.name in self.round:
-            exposure_id = self.round.pop(child.name)
-            self.event("exposure", f"{child.name}: exposure {exposure_id} lost with the actor",
-                       camera=child.name, exposure_id=exposure_id)
-            self._round_progress()
+        if child.role == "camera":
+            # An exposure under way died with the actor, unless its file was complete
+            # (files are renamed into place whole): then it is recorded like any frame.
+            for exposure_id, e in list(self.in_flight_exposures.items()):
+                if e["camera"] != child.name:
+                    continue
+                self._remove_partial_files(Path(e["path"]))
+                if Path(e["path"]).exists():
+                    self._settle_exposure_from_journal(e, why="before its actor died")
+                else:
+                    self.event("exposure", f"{child.name}: exposure {exposure_id} lost with the actor",
+                               camera=child.name, exposure_id=exposure_id)
+                self._journal("exposure_done", exposure_id=exposure_id, outcome="lost with the actor")
+            if child.name in self.round:
+                self.round.pop(child.name)
+                self._round_progress()
 
     def _resume_after_restart(self, child: Child) -> None:
         """Re-initialised: read its state back and redo the step it was part of."""
@@ -856,10 +876,11 @@ class Supervisor(UnitActor):
                                 ra_deg=self.mount_status.get("ra_deg", ob.ra_deg),
                                 dec_deg=self.mount_status.get("dec_deg", ob.dec_deg), header=hdr)
             self.round[cam.name] = exposure_id
-            self._journal("exposure_started", exposure_id=exposure_id, camera=cam.name, path=str(path),
-                          observation_id=ob.id, image_type=image_type, exptime=exptime, start_unix=now,
-                          round_index=self.round_index, ra_deg=msg.ra_deg, dec_deg=msg.dec_deg,
-                          set_index=ob.set_index, frame_index=ob.frames)
+            started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=ob.id,
+                           image_type=image_type, exptime=exptime, start_unix=now, round_index=self.round_index,
+                           ra_deg=msg.ra_deg, dec_deg=msg.dec_deg, set_index=ob.set_index, frame_index=ob.frames)
+            self.in_flight_exposures[exposure_id] = started
+            self._journal("exposure_started", **started)
             self._ask(cam.address, msg, "exposure")
         readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in cams)
         self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], f"{image_type} exposures")
@@ -962,7 +983,15 @@ class Supervisor(UnitActor):
                    purpose=purpose)
         if purpose is None:
             return
-        if purpose == "exposure":
+        if purpose == "analysis":
+            # The frame exists and is recorded; only its figures are lost. Do not wait for them.
+            for exposure_id, m in list(self.in_flight_analysis.items()):
+                if m.request_id == msg.request_id:
+                    del self.in_flight_analysis[exposure_id]
+                    if exposure_id == getattr(self, "_ask_purpose_for_pointing", None) and self.state == "pointing":
+                        self._ask_purpose_for_pointing = None
+                        self.goto("tracking", "pointing analysis failed; observing without a reference")
+        elif purpose == "exposure":
             cam = next((n for n in self.round if self.children.get(n) and self.children[n].address == sender), None)
             if cam:
                 del self.round[cam]
