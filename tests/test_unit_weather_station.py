@@ -10,7 +10,10 @@ from tests.test_unit_faults import DARK_START, sim_now, science_count
 
 CW = {"weather.driver": "cloudwatcher",
       "weather.settings": {"port": "simulator", "timeout_s": 0.3, "retries": 1},
-      "weather.sample_interval": 5.0, "safety.reopen_after": 120.0}
+      "weather.sample_interval": 5.0, "safety.reopen_after": 120.0,
+      # The station goes offline 600 s after the rain stops: clear the rain (and
+      # its clouds) well before that, not after the default 600 s of dry readings.
+      "safety.rain_clear_after": 120.0, "safety.cloud_clear_after": 120.0}
 
 
 def test_cloudwatcher_rain_parks_and_offline_goes_stale(tmp_path):
