@@ -28,8 +28,13 @@ from observatory.astro import lst_deg
 from observatory.clock import SimClock, iso
 from observatory.safety_rules import SafetyInputs, SafetyKernel, SafetyLimits
 from simulators.weather import TimelineError, WeatherTimeline
-from tests.test_actors import (NIGHT, SAFETY_SETTINGS, SITE, asys, make_init, start_actor,  # noqa: F401
-                               wait_reply, warm_astropy)
+from tests import test_actors
+from tests.test_actors import NIGHT, SAFETY_SETTINGS, SITE, make_init, start_actor, wait_reply
+
+# The actor-system fixtures of tests/test_actors.py (a system per test on a free port,
+# every process checked gone afterwards).
+asys = test_actors.asys
+warm_astropy = test_actors.warm_astropy
 
 T0 = 1_800_000_000.0
 DARK = -40.0
