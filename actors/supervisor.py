@@ -13,8 +13,7 @@ import math
 import os
 import signal
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from thespian.actors import ChildActorExited, DeadEnvelope
@@ -65,7 +64,8 @@ class Child:
     failed: bool = False
     init_request: str | None = None
     init_sent_wall: float = 0.0
-    restarts: deque = field(default_factory=deque)     # wall times of restarts
+    policy: object = None                               # observatory.supervision.RestartPolicy
+    last_exit: str = ""                                 # why it was last restarted (for the record)
     last_heartbeat_reply: float = 0.0                   # wall time
     restart_count: int = 0
 
@@ -183,8 +183,10 @@ class Supervisor(UnitActor):
         specs += [(f["name"], "focuser", FocuserActor, f) for f in c.get("focusers", [])]
         if c.get("filterwheel"):
             specs.append(("filterwheel", "filterwheel", FilterWheelActor, c["filterwheel"]))
+        from observatory.supervision import RestartPolicy, child_specs
+        child_spec = child_specs([(name, role) for name, role, _, _ in specs], c["supervision"], VITAL_ROLES)
         for name, role, cls, settings in specs:
-            self.children[name] = Child(name, role, cls, settings)
+            self.children[name] = Child(name, role, cls, settings, policy=RestartPolicy(child_spec[name]))
         for child in self.children.values():
             self._spawn(child)
         self.send(sender, UnitStarted(pid=os.getpid(), request_id=msg.request_id))
@@ -296,8 +298,9 @@ class Supervisor(UnitActor):
             self.accessory_status[child.name] = msg.info.get("status", {})
             self._set_up_accessory(child)
         if child.epoch > 1:
-            self.event("restart", f"{child.name} restarted (pid {msg.pid}, incarnation {child.epoch})",
-                       child=child.name, pid=msg.pid, epoch=child.epoch)
+            self.event("restart", f"{child.name} restarted (pid {msg.pid}, incarnation {child.epoch}) after: "
+                                  f"{child.last_exit}", child=child.name, pid=msg.pid, epoch=child.epoch,
+                       restarts=child.restart_count)
             self._resume_after_restart(child)
         if child.name in self.SAFETY_PEERS and self.children["safety"].address:
             self.send(self.children["safety"].address, PeersChanged(peers={child.name: child.address}))
@@ -332,18 +335,15 @@ class Supervisor(UnitActor):
         self._restart(child, "process exited")
 
     def _restart(self, child: Child, why: str) -> None:
-        sup = self.config["supervision"]
-        now_wall = time.time()
-        while child.restarts and now_wall - child.restarts[0] > sup["restart_period"]:
-            child.restarts.popleft()
         child.ready = False
         self._forget_work_of(child)
-        if len(child.restarts) >= sup["max_restarts"]:
+        decision = child.policy.on_exit(time.time(), abnormal=True)
+        if decision.action == "give_up":
             child.failed = True
-            budget = f"{sup['max_restarts']} restarts in {sup['restart_period']:.0f} s"
+            budget = decision.reason.removeprefix("restart budget spent (").removesuffix(")")
             if self.can_observe():
                 left = len([c for c in self.children.values() if c.role == "camera" and not c.failed])
-                self.event("error", f"{child.name}: restart budget spent ({budget}); device marked failed, "
+                self.event("error", f"{child.name}: {decision.reason}; device marked failed, "
                                     f"carrying on with {left} camera(s)", child=child.name, reason=why)
             else:
                 error = f"{child.name} failed: restart budget spent ({budget}); last cause: {why}"
@@ -357,10 +357,16 @@ class Supervisor(UnitActor):
                     self.goto("parking", f"{child.name} failed")
             self.write_status(force=True)
             return
-        child.restarts.append(now_wall)
         child.restart_count += 1
+        child.last_exit = f"{why}; {decision.reason}"
         self.night_restarts[child.name] = self.night_restarts.get(child.name, 0) + 1
-        self._spawn(child)
+        if decision.delay_s > 0:
+            self.event("restart", f"{child.name}: restarting in {decision.delay_s:g} s ({decision.reason}; "
+                                  f"cause: {why})", child=child.name, delay_s=decision.delay_s)
+            child.address = None
+            self.wake_in_wall(decision.delay_s, "respawn", (child.name, child.restart_count))
+        else:
+            self._spawn(child)
 
     def _forget_work_of(self, child: Child) -> None:
         """A dead actor will not answer: settle what we were waiting for from it."""
@@ -1231,6 +1237,12 @@ class Supervisor(UnitActor):
     # ------------------------------------------------------------ the tick
 
     def on_tick(self, tick: Tick):
+        if tick.kind == "respawn":
+            name, count = tick.token
+            child = self.children.get(name)
+            if child and not child.failed and not self.stopping and child.restart_count == count:
+                self._spawn(child)
+            return
         if tick.kind != "tick":
             return
         now = self.clock.now()

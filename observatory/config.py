@@ -187,12 +187,26 @@ class ObservingConfig(_Section):
     solve_timeout: float = Field(60.0, gt=0, description="wall seconds solve-field may take on a pointing frame")
 
 
+class ChildSupervisionConfig(_Section):
+    """Per-child overrides of the restart policy (observatory/supervision.py)."""
+    restart: Literal["permanent", "transient", "temporary"] = "permanent"
+    max_restarts: int | None = Field(None, ge=0)
+    period_s: float | None = Field(None, gt=0)
+    backoff_initial_s: float | None = Field(None, ge=0)
+    backoff_max_s: float | None = Field(None, ge=0)
+
+
 class SupervisionConfig(_Section):
     max_restarts: int = Field(5, ge=0)
     restart_period: float = Field(60.0, gt=0, description="wall seconds")
     init_timeout: float = Field(20.0, gt=0, description="wall seconds")
     heartbeat_interval: float = Field(2.0, gt=0, description="wall seconds between heartbeats to each actor")
     heartbeat_timeout: float = Field(10.0, gt=0, description="wall seconds of silence before a hung actor is killed")
+    backoff_initial: float = Field(0.5, ge=0, description="wall seconds before the second restart within the period; "
+                                                          "doubles with each further one")
+    backoff_max: float = Field(30.0, ge=0, description="longest wait between restarts")
+    children: dict[str, ChildSupervisionConfig] = Field(default_factory=dict,
+                                                        description="per-actor overrides, by actor name")
 
 
 # Names of the unit's own actors; cameras and focusers may not take them.
@@ -235,6 +249,12 @@ class UnitConfig(_Section):
             taken.add(f.name)
             if f.camera not in names:
                 raise ValueError(f"focusers.{i}.camera: no camera named {f.camera!r} (cameras: {names})")
+        actors = set(taken) | {f.name for f in self.focusers}
+        unknown = sorted(set(self.supervision.children) - actors - {"unit"})
+        if unknown:
+            raise ValueError(f"supervision.children: no actor named {unknown} (actors: {sorted(actors - {'unit'})})")
+        if "unit" in self.supervision.children:
+            raise ValueError("supervision.children.unit: the supervisor itself is restarted by the service manager")
         focused = [f.camera for f in self.focusers]
         dupes = sorted({n for n in focused if focused.count(n) > 1})
         if dupes:

@@ -82,7 +82,8 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert cfg["scheduler"]["moon_separation"] == 15.0 and cfg["scheduler"]["hysteresis"] == 0.1
     assert cfg["observing"]["pointing_exptime"] == 30.0
     assert cfg["supervision"] == {"max_restarts": 5, "restart_period": 60.0, "init_timeout": 20.0,
-                                  "heartbeat_interval": 2.0, "heartbeat_timeout": 10.0}
+                                  "heartbeat_interval": 2.0, "heartbeat_timeout": 10.0, "backoff_initial": 0.5,
+                                  "backoff_max": 30.0, "children": {}}
 
 
 def test_relative_paths_resolve_against_the_config_directory(tmp_path):
@@ -385,3 +386,13 @@ def test_cloudwatcher_settings_checked_at_load(tmp_path):
                                                          "settings": {"port": "simulator", "timeout": 1}}}))
     with pytest.raises(ConfigError, match="weather.settings: the simulator driver takes no settings"):
         load_config(write(tmp_path, {**base, "weather": {"timeline": None, "settings": {"port": "x"}}}))
+
+
+def test_supervision_overrides_name_real_actors(tmp_path):
+    cfg = shipped()
+    cfg["supervision"]["children"] = {"cam07": {"max_restarts": 2}}
+    text = config_error(write(tmp_path, cfg))
+    assert "supervision.children: no actor named ['cam07']" in text
+    cfg["supervision"]["children"] = {"cam01": {"restart": "sometimes"}}
+    text = config_error(write(tmp_path, cfg))
+    assert "supervision.children.cam01.restart" in text
