@@ -120,6 +120,11 @@ class Unit:
     """The service process: owns the actor system and watches the supervisor."""
 
     WATCHDOG_PROBE = "watchdog"
+    # The control threads cannot wake asys.listen(): a request waits for the
+    # current listen slice to end. Slices are LISTEN_IDLE_S long, and
+    # LISTEN_BUSY_S for CONTROL_BURST_S after a control request, so that a
+    # client asking one thing after another is not held LISTEN_IDLE_S each time.
+    LISTEN_IDLE_S, LISTEN_BUSY_S, CONTROL_BURST_S = 0.05, 0.005, 2.0
 
     def __init__(self, args, config: dict, pandir: Path, overrides: dict | None = None):
         self.args, self.config, self.pandir = args, config, pandir
@@ -133,6 +138,7 @@ class Unit:
         self.control_server = None
         self.pending = {}       # request id -> Pending (or WATCHDOG_PROBE) awaiting the supervisor
         self.probe_sent = 0.0   # wall time of the last watchdog probe
+        self.control_busy_until = 0.0   # wall time: until then, listen in short slices (see _watch)
 
     def _on_signal(self, signum, frame):
         self.stop_reason = signal.Signals(signum).name
@@ -238,6 +244,7 @@ class Unit:
                     item.resolve({"stopping": True, "already": False, "reason": self.stop_reason})
                 continue
             self.pending[item.message.request_id] = item
+            self.control_busy_until = time.time() + self.CONTROL_BURST_S
             self.asys.tell(sup, item.message)
         now = time.time()
         for rid, item in list(self.pending.items()):
@@ -282,7 +289,8 @@ class Unit:
                 return False
             self._pump_control(sup, GetUnitStatus)
             # Short, so that a control request queued meanwhile is sent soon.
-            msg = self.asys.listen(0.05)
+            busy = time.time() < self.control_busy_until
+            msg = self.asys.listen(self.LISTEN_BUSY_S if busy else self.LISTEN_IDLE_S)
             if isinstance(msg, (ControlReply, UnitStatus, CommandFailed)) and self._control_reply(msg):
                 pass
             elif isinstance(msg, UnitStarted):

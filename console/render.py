@@ -202,13 +202,14 @@ def render_why(result: dict) -> str:
         lines.append(f"  fields file: {d['fields_error']}")
     cands = sorted(d.get("candidates") or [], key=lambda c: (-(c.get("merit") or 0), c.get("name", "")))
     if cands:
-        lines.append(f"  {'field':<16} {'merit':>8} {'alt':>6}  vetoes / notes")
+        width = max(16, *(len(str(c.get("name", "?"))) for c in cands))
+        lines.append(f"  {'field':<{width}} {'merit':>8} {'alt':>6}  vetoes / notes")
         for c in cands:
             mark = "*" if c.get("name") == d.get("winner") else " "
             why = "; ".join(list(c.get("vetoes") or []) + [f"({n})" for n in c.get("notes") or []])
             alt = c.get("altitude_deg")
             alt_text = f"{alt:6.1f}" if isinstance(alt, (int, float)) else f"{'?':>6}"
-            lines.append(f"{mark} {c.get('name', '?'):<16} {c.get('merit') or 0:8.1f} {alt_text}  {why}")
+            lines.append(f"{mark} {c.get('name', '?'):<{width}} {c.get('merit') or 0:8.1f} {alt_text}  {why}".rstrip())
     return "\n".join(lines)
 
 
@@ -248,5 +249,19 @@ def render_reply(command: str, result: dict) -> str:
         if result.get("already"):
             return f"already stopping ({result.get('reason', '')})"
         return "stopping: the unit parks, closes and exits"
-    details = ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
-    return f"{command}: ok" + (f" ({details})" if details else "")
+    details = ", ".join(f"{k} {_word(v)}" for k, v in result.items() if not isinstance(v, (dict, list)))
+    lines = [f"{command}: ok" + (f" ({details})" if details else "")]
+    for k, v in result.items():
+        if isinstance(v, dict):
+            lines += [f"  {k}: {name}: {_word(value)}" for name, value in v.items()]
+        elif isinstance(v, list):
+            lines += [f"  {k}: {_word(value)}" for value in v]
+    return "\n".join(lines)
+
+
+def _word(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
