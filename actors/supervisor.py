@@ -34,7 +34,7 @@ from messages import (AbortExposure, AnalyzeFrame, CheckObservation, CloseDome, 
                       GetStatus, GetUnitStatus, GuidePulse, Heartbeat, HeartbeatReply, Initialize, InitializationFailed, Initialized,
                       Message, MountArrived, MountMoving, NightComplete, NightSummaryWritten, ObservationChecked, Park,
                       PeersChanged, RecordDecision, RecordEvent, RecordExposure, RecordMetrics,
-                      RecordObservation, RequestSchedule, SafetyVerdict, ScheduleDecision, SetTracking,
+                      RecordObservation, RecordSafetyAudit, RequestSchedule, SafetyVerdict, ScheduleDecision, SetTracking,
                       SlewTo, StartExposure, StartUnit, StopUnit, Tick, UnitFailed, UnitStarted,
                       UnitStateChanged, UnitStatus, UnitStopped, WriteNightSummary, new_request_id)
 from observatory import headers
@@ -48,7 +48,7 @@ ACCESSORY_ROLES = ("dome", "focuser", "filterwheel")
 EMPTY_ROUNDS_BEFORE_PARKING = 3
 SIDEREAL_DEG_PER_S = 360.0 / 86164.0905
 ARCHIVE_MESSAGES = (RecordEvent, RecordObservation, CloseObservation, RecordExposure, RecordMetrics,
-                    RecordDecision, WriteNightSummary)
+                    RecordDecision, RecordSafetyAudit, WriteNightSummary)
 
 
 @dataclass
@@ -173,7 +173,9 @@ class Supervisor(UnitActor):
         specs = [("archive", "archive", ArchiveActor, {}),
                  ("weather", "weather", WeatherActor,
                   dict(c["weather"], timeline_start_unix=self.clock.start_unix)),
-                 ("safety", "safety", SafetyActor, c["safety"]),
+                 ("safety", "safety", SafetyActor,
+                  dict(c["safety"], weather_timeline=c["weather"]["timeline"],
+                       timeline_start_unix=self.clock.start_unix)),
                  ("scheduler", "scheduler", SchedulerActor, c["scheduler"]),
                  ("analysis", "analysis", AnalysisActor, {"solve_timeout": c["observing"]["solve_timeout"]}),
                  ("mount", "mount", MountActor, c["mount"])]
@@ -759,7 +761,8 @@ class Supervisor(UnitActor):
             self.event(msg.name, f"{msg.name}: {msg.action} done", device=msg.name, status=msg.status)
         if purpose == "dome-open" and self.state == "slewing":
             if not msg.ok:
-                self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
+                if self.is_safe():       # not when the safety kernel closed it: the verdict decides then
+                    self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
                 self.goto("parking", "the dome did not open")
             elif getattr(self, "awaiting_dome", False):
                 self.awaiting_dome = False

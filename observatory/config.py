@@ -109,7 +109,7 @@ class SafetyConfig(_Section):
     max_sky_minus_ambient: float = -25.0
     max_wind: float = Field(50.0, gt=0, description="km/h")
     max_gust: float = Field(70.0, gt=0, description="km/h")
-    reopen_after: float = Field(300.0, ge=0,
+    reopen_after: float = Field(0.0, ge=0,
                                 description="simulated seconds of continuous weather safety the supervisor "
                                             "waits for, on top of the kernel's clear-after periods")
     # Hysteresis: simulated seconds of good data before a condition clears.

@@ -162,7 +162,7 @@ def test_unit_closes_a_dome_left_open_at_start_up(tmp_path):
     try:
         unit.wait_for(lambda: unit.status().get("devices", {}).get("dome", {}).get("shutter") == "closed"
                       and unit.status().get("state") == "sleeping", 60, "the dome closed, the unit sleeping")
-        assert unit.query("SELECT COUNT(*) FROM events WHERE message='dome: close done'")[0][0] == 1
+        assert unit.query("SELECT COUNT(*) FROM events WHERE message='dome: close done'")[0][0] >= 1
         assert unit.terminate() == 0
     finally:
         unit.kill()

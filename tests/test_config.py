@@ -78,7 +78,7 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert [(c["name"], c["primary"]) for c in cfg["cameras"]] == [("cam00", True), ("cam01", False)]
     assert cfg["primary_camera"] == "cam00"
     assert cfg["weather"] == {"driver": "simulator", "settings": {}, "timeline": None, "sample_interval": 30.0}
-    assert cfg["safety"]["reopen_after"] == 300.0 and cfg["safety"]["max_wind"] == 50.0
+    assert cfg["safety"]["reopen_after"] == 0.0 and cfg["safety"]["max_wind"] == 50.0
     assert cfg["scheduler"]["moon_separation"] == 15.0 and cfg["scheduler"]["hysteresis"] == 0.1
     assert cfg["observing"]["pointing_exptime"] == 30.0
     assert cfg["supervision"] == {"max_restarts": 5, "restart_period": 60.0, "init_timeout": 20.0,
