@@ -12,8 +12,9 @@ $PANDIR, a free admin port), waits until it observes, then measures:
 - round trip: one open connection to run/control.sock, in this process:
   ``status`` (through run_unit.py's main loop to the supervisor and back) and
   ``config-get`` (answered by the control thread, no actor), median and p90.
-- the CPU time run_unit.py's main process used while idle for a few seconds
-  (its loop wakes every 50 ms to pass control requests on).
+- the CPU time run_unit.py's main process used for 5 s without control
+  requests while the unit observes (its loop wakes every 50 ms to pass
+  control requests on), and, for scale, a bare ``python -c pass``.
 
 Prints a table, then ONE JSON object as the last line.
 """
@@ -81,6 +82,12 @@ def main() -> int:
                         trips[command].append((time.perf_counter() - t0) * 1000)
                         if not reply["ok"]:
                             raise SystemExit(f"{command} failed: {reply['error']}")
+            bare = []
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-c", "pass"], check=True)
+                bare.append((time.perf_counter() - t0) * 1000)
+            time.sleep(2.5)          # past run_unit.py's short-listen burst after a control request
             pid = unit.proc.pid
             c0, w0 = cpu_seconds(pid), time.time()
             time.sleep(5)
@@ -89,22 +96,28 @@ def main() -> int:
         finally:
             unit.kill()
 
-    rows = [("cold `console status --json`", cold), ("round trip: status (supervisor)", trips["status"]),
+    rows = [("bare `python -c pass`", bare), ("cold `console status --json`", cold), ("round trip: status (supervisor)", trips["status"]),
             ("round trip: config-get (no actor)", trips["config-get"])]
     print(f"{'measure':<36} {'n':>5} {'median ms':>10} {'p90 ms':>9} {'max ms':>9}")
     for name, values in rows:
         print(f"{name:<36} {len(values):>5} {statistics.median(values):>10.1f} {pct(values, 0.9):>9.1f} "
               f"{max(values):>9.1f}")
-    print(f"run_unit.py main process, CPU while the unit observes: {idle_cpu:.1f} % of one core (state {state})")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("note: PYTHONDONTWRITEBYTECODE is set, so every cold run compiles the console's modules "
+              "(an installed unit caches them)")
+    print(f"run_unit.py main process, CPU over 5 s without control requests: {idle_cpu:.1f} % of one core "
+          f"(the unit {state})")
     result = {
         "cold_status_ms_median": round(statistics.median(cold), 1),
         "cold_status_ms_p90": round(pct(cold, 0.9), 1),
+        "python_startup_ms_median": round(statistics.median(bare), 1),
         "round_trip_ms_median": round(statistics.median(trips["status"]), 2),
         "round_trip_ms_p90": round(pct(trips["status"], 0.9), 2),
         "local_round_trip_ms_median": round(statistics.median(trips["config-get"]), 3),
         "run_unit_cpu_percent": round(idle_cpu, 1),
         "runs": args.runs,
         "round_trips": args.round_trips,
+        "bytecode_cached": not os.environ.get("PYTHONDONTWRITEBYTECODE"),
         "target_cold_ms": TARGET_COLD_MS,
         "ok": statistics.median(cold) < TARGET_COLD_MS,
     }
