@@ -28,7 +28,7 @@ class ArchiveActor(UnitActor):
         return {"path": str(self.archive.path)}
 
     def receiveMsg_RecordEvent(self, m: RecordEvent, sender):
-        self.archive.record_event(m.kind, m.source, m.message, m.time_unix, m.wall_unix, m.data)
+        self.archive.record_event(m.kind, m.source, m.message, m.time_unix, m.wall_unix, m.data, uid=m.request_id)
 
     def receiveMsg_RecordObservation(self, m: RecordObservation, sender):
         self.archive.record_observation(m)

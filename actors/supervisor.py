@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,8 @@ class Supervisor(UnitActor):
         self.last_decision = None
         self.retry_at = -math.inf
         self.archive_backlog: list[Message] = []
+        self.archive_unacked: deque = deque()        # (wall time sent, record) not yet proven written
+        self.heartbeats_sent: dict[str, float] = {}  # heartbeat request id -> wall time sent (archive only)
         self.nights_done = 0
         self.last_status_write = 0.0
         self.failure = None
@@ -307,9 +310,7 @@ class Supervisor(UnitActor):
         if child.name in self.SAFETY_PEERS and self.children["safety"].address:
             self.send(self.children["safety"].address, PeersChanged(peers={child.name: child.address}))
         if child.role == "archive":
-            backlog, self.archive_backlog = self.archive_backlog, []
-            for m in backlog:
-                self.send(child.address, m)
+            self._resend_to_archive(child.address)
         if self.state == "starting" and all(c.ready for c in self.children.values()):
             self.event("unit", "all actors ready", pids={c.name: c.pid for c in self.children.values()})
             self.goto(self.table.initial, "start-up complete")
@@ -437,7 +438,27 @@ class Supervisor(UnitActor):
         if archive is None or archive.address is None or not archive.ready and archive.epoch > 1:
             self.archive_backlog.append(msg)
         else:
+            # Kept until a heartbeat sent after it is answered: the archive works in
+            # order, so that answer proves the record written. A hung archive (killed
+            # by pid, no dead letters) or a crashed one gets the rest again.
+            self.archive_unacked.append((time.time(), msg))
             self.send(archive.address, msg)
+
+    def _archive_caught_up(self, heartbeat_sent_wall: float) -> None:
+        while self.archive_unacked and self.archive_unacked[0][0] < heartbeat_sent_wall:
+            self.archive_unacked.popleft()
+
+    def _resend_to_archive(self, address) -> None:
+        """A new archive: everything not proven written, then what waited for it.
+        Records are idempotent (keyed), so a record written twice is one row."""
+        seen, pending = set(), [m for _, m in self.archive_unacked] + self.archive_backlog
+        self.archive_unacked.clear()
+        self.archive_backlog = []
+        for m in pending:
+            if m.request_id not in seen:
+                seen.add(m.request_id)
+                self.archive_unacked.append((time.time(), m))
+                self.send(address, m)
 
     def _ask(self, address, msg: Message, purpose: str) -> str:
         self.expect[msg.request_id] = purpose
@@ -1299,12 +1320,19 @@ class Supervisor(UnitActor):
                 except ProcessLookupError:
                     pass
                 continue
-            self.send(child.address, Heartbeat())
+            beat = Heartbeat()
+            if child.role == "archive":
+                self.heartbeats_sent[beat.request_id] = now
+            self.send(child.address, beat)
 
     def receiveMsg_HeartbeatReply(self, msg: HeartbeatReply, sender):
         child = self.children.get(msg.name)
         if child and child.epoch == msg.epoch:      # a reply from a replaced incarnation counts for nothing
             child.last_heartbeat_reply = time.time()
+            sent = self.heartbeats_sent.pop(msg.request_id, None)
+            if sent is not None:
+                self._archive_caught_up(sent)
+                self.heartbeats_sent = {k: t for k, t in self.heartbeats_sent.items() if t > sent}
 
     def _check_owner(self):
         """run_unit.py owns the actor system. Thespian's admin outlives it on purpose,

@@ -106,15 +106,21 @@ class Archive:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        # Databases from before events had a uid get the column (NULL for old rows).
+        if "uid" not in {row[1] for row in self.db.execute("PRAGMA table_info(events)")}:
+            self.db.execute("ALTER TABLE events ADD COLUMN uid TEXT")
+        self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_uid ON events(uid)")
 
     def close(self) -> None:
         self.db.close()
 
     def record_event(self, kind: str, source: str, message: str, time_unix: float,
-                     wall_unix: float, data: dict | None = None) -> None:
+                     wall_unix: float, data: dict | None = None, uid: str | None = None) -> None:
+        """``uid`` (the record's request id) makes a re-sent event one row."""
         self.db.execute(
-            "INSERT INTO events(time, time_unix, wall_unix, kind, source, message, data) VALUES (?,?,?,?,?,?,?)",
-            (iso(time_unix), time_unix, wall_unix, kind, source, message, json.dumps(data or {}, default=str)))
+            "INSERT OR IGNORE INTO events(time, time_unix, wall_unix, kind, source, message, data, uid)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (iso(time_unix), time_unix, wall_unix, kind, source, message, json.dumps(data or {}, default=str), uid))
 
     def record_observation(self, m) -> None:
         self.db.execute(
