@@ -168,6 +168,9 @@ class Supervisor(UnitActor):
         self.journal = None
         self.resume: dict | None = None
         self.in_flight_exposures: dict[str, dict] = {}   # exposure id -> what was journaled when it started
+        self.focus_runs: dict[str, dict] = {}     # focuser -> {"af": Autofocus, "camera", "position"} while focusing
+        self.focus_frames: dict[str, str] = {}    # focus exposure id -> focuser
+        self.focus_state: dict[str, dict] = {}    # focuser -> {"night", "fwhm", "history"}: the last focus
         self._new_night(self.clock.now())
         self._open_journal()
 
@@ -701,6 +704,117 @@ class Supervisor(UnitActor):
             self.event("mount", "mount parked", ra=msg.status.get("ra_deg"), dec=msg.status.get("dec_deg"))
             self._parked_if_closed()
 
+    # ------------------------------------------------------------ focusing
+
+    def _focuser_for(self, camera: str) -> dict | None:
+        return next((f for f in self.config.get("focusers", []) if f["camera"] == camera), None)
+
+    def _focus_due(self) -> dict[str, str]:
+        """Focusers with autofocus whose camera should be focused now, and why."""
+        from observatory.autofocus import needs_refocus
+        due = {}
+        for f in self.config.get("focusers", []):
+            focuser, camera = self.children.get(f["name"]), self.children.get(f["camera"])
+            if f.get("autofocus") is None or not focuser or not focuser.ready or focuser.failed \
+                    or not camera or not camera.ready or camera.failed:
+                continue
+            last = self.focus_state.get(f["name"])
+            if last is None or last["night"] != self.night_date:
+                due[f["name"]] = "first focus of the night"
+                continue
+            why = needs_refocus(list(last["history"]), None, None, last["fwhm"], f["autofocus"])
+            if why:
+                due[f["name"]] = why
+        return due
+
+    def _enter_focusing(self):
+        from observatory.autofocus import Autofocus
+        self.focus_runs = {}
+        for name in self._focus_due():
+            f = next(x for x in self.config["focusers"] if x["name"] == name)
+            start = int(self.accessory_status.get(name, {}).get("position", f.get("position") or 0))
+            lo, hi = f["limits"]
+            af = Autofocus(min(max(start, lo), hi), (lo, hi), f["autofocus"])
+            self.focus_runs[name] = {"af": af, "camera": f["camera"], "position": None}
+            self.event("focus", f"{name}: autofocus of {f['camera']} from {start}", focuser=name)
+            self._focus_step(name)
+        if not self.focus_runs:
+            self.goto("tracking", "nothing to focus")
+            return
+        self.set_deadline(3600.0, "autofocus")
+
+    def _focus_step(self, name: str) -> None:
+        run = self.focus_runs[name]
+        position = run["af"].next_position()
+        if position is None:
+            self._focus_finished(name)
+            return
+        run["position"] = position
+        self._ask(self.children[name].address, MoveFocuser(position=position), "focus-run")
+
+    def _focus_exposure(self, name: str, status: dict) -> None:
+        run = self.focus_runs[name]
+        cam = self.children.get(run["camera"])
+        if cam is None or not cam.ready or cam.failed:
+            run["af"].abort(f"{run['camera']} is not available")
+            self._focus_finished(name)
+            return
+        ob, now = self.observation, self.clock.now()
+        position = int(status.get("position", run["position"]))
+        image_id = f"{cam.name}_{headers.compact_time(now)}_focus{run['af'].frames:02d}"
+        path = headers.image_path(self.pandir, ob.name if ob else "focus", cam.name,
+                                  ob.seq_id if ob else headers.compact_time(now), image_id)
+        hdr = headers.observation_header(
+            field=ob.name if ob else "focus", seq_id=ob.seq_id if ob else "", image_id=image_id,
+            mount=self.mount_status, site=self.site, moon={}, config_hash=self.config["config_hash"],
+            decision_id=ob.decision_id if ob else None, safe=self.is_safe(), unit_name=self.config["name"])
+        hdr.update(self._accessory_header(cam.name))
+        hdr["FOCUSPOS"] = (position, f"focuser {name} [steps]")
+        self.round_index += 1
+        exposure_id = f"{ob.id if ob else 'focus'}-{self.round_index:04d}-{cam.name}"
+        exptime = float(run["af"].settings.exptime)
+        msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type="focus",
+                            ra_deg=self.mount_status.get("ra_deg", float("nan")),
+                            dec_deg=self.mount_status.get("dec_deg", float("nan")), header=hdr)
+        started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=ob.id if ob else None,
+                       image_type="focus", exptime=exptime, start_unix=now, round_index=self.round_index,
+                       ra_deg=msg.ra_deg, dec_deg=msg.dec_deg, set_index=0, frame_index=0)
+        self.in_flight_exposures[exposure_id] = started
+        self._journal("exposure_started", **started)
+        self.focus_frames[exposure_id] = name
+        run["position"] = position
+        self._ask(cam.address, msg, "exposure")
+
+    def _focus_measured(self, name: str, fwhm, n_stars) -> None:
+        run = self.focus_runs.get(name)
+        if run is None or run["af"].done:
+            return
+        run["af"].record(run["position"], fwhm, n_stars)
+        self._focus_step(name)
+
+    def _focus_finished(self, name: str) -> None:
+        run = self.focus_runs.get(name)
+        if run is None:
+            return
+        result = run["af"].result
+        target = result.position if result.ok else run["af"].start
+        if result.ok:
+            self.event("focus", f"{name}: best focus {result.position} (HFD {result.min_hfd:.2f} px, "
+                                f"{result.frames} frames)", focuser=name, result=result.to_dict())
+            from collections import deque as _deque
+            self.focus_state[name] = {"night": self.night_date, "fwhm": result.min_hfd, "history": _deque(maxlen=20)}
+        else:
+            self.event("error", f"{name}: autofocus failed ({result.reason}); back to {target}", focuser=name,
+                       result=result.to_dict())
+            # Not again tonight unless the seeing or temperature says so.
+            from collections import deque as _deque
+            self.focus_state[name] = {"night": self.night_date, "fwhm": None, "history": _deque(maxlen=20)}
+        self._ask(self.children[name].address, MoveFocuser(position=int(target)), "focus")
+        run["done"] = True
+        if all(r.get("done") for r in self.focus_runs.values()) and self.state == "focusing":
+            self.focus_runs = {}
+            self.goto("tracking", "focused")
+
     # ------------------------------------------------------------ dome, focusers, filter wheel
 
     def dome_shutter(self) -> str | None:
@@ -769,7 +883,7 @@ class Supervisor(UnitActor):
                 self.goto("parking", f"dome {shutter}")
 
     def receiveMsg_DeviceMoved(self, msg: DeviceMoved, sender):
-        purpose = self._expected(msg, "dome-open", "dome-close", "focus", "filter")
+        purpose = self._expected(msg, "dome-open", "dome-close", "focus", "filter", "focus-run")
         if not purpose:
             return
         del self.expect[msg.request_id]
@@ -780,6 +894,14 @@ class Supervisor(UnitActor):
                        action=msg.action)
         else:
             self.event(msg.name, f"{msg.name}: {msg.action} done", device=msg.name, status=msg.status)
+        if purpose == "focus-run":
+            if self.state == "focusing" and msg.name in self.focus_runs:
+                if msg.ok:
+                    self._focus_exposure(msg.name, msg.status)
+                else:
+                    self.focus_runs[msg.name]["af"].abort(f"the focuser did not move: {msg.error}")
+                    self._focus_finished(msg.name)
+            return
         if purpose == "dome-open" and self.state == "slewing":
             if not msg.ok:
                 if self.is_safe():       # not when the safety kernel closed it: the verdict decides then
@@ -824,6 +946,10 @@ class Supervisor(UnitActor):
             self.flip_at = self.clock.now() + wait
             self.event("tracking", f"{self.observation.name} at the meridian: flipping in {wait:.0f} s",
                        field=self.observation.name)
+            return
+        due = self._focus_due()
+        if due:
+            self.goto("focusing", "; ".join(f"{f}: {why}" for f, why in due.items()))
             return
         d = self.last_drift
         threshold = self.config["observing"]["drift_threshold_px"]
@@ -947,6 +1073,10 @@ class Supervisor(UnitActor):
         self._journal("exposure_done", exposure_id=msg.exposure_id, outcome="recorded")
 
     def _exposure_complete(self, msg: ExposureComplete):
+        if msg.exposure_id in self.focus_frames:
+            self.expect.pop(msg.request_id, None)
+            self._record_frame(msg)                  # recorded like any frame, measured urgently
+            return
         if self.pictures.pop(msg.exposure_id, None):
             self.expect.pop(msg.request_id, None)
             self.to_archive(RecordExposure(
@@ -977,6 +1107,8 @@ class Supervisor(UnitActor):
         if late:
             self.event("exposure", f"{msg.camera}: late frame {Path(msg.path).name} recorded",
                        camera=msg.camera, exposure_id=msg.exposure_id)
+        if msg.image_type == "focus":
+            self._analyze(msg, reference=())
         if msg.image_type == "science":
             # Measured as soon as it exists, while the next exposure runs.
             primary = msg.camera == self.config["primary_camera"]
@@ -985,6 +1117,11 @@ class Supervisor(UnitActor):
 
     def receiveMsg_ExposureFailed(self, msg: ExposureFailed, sender):
         self._journal("exposure_done", exposure_id=msg.exposure_id, outcome="failed")
+        focuser = self.focus_frames.pop(msg.exposure_id, None)
+        if focuser:
+            self.event("error", f"{msg.camera}: focus frame failed: {msg.error}", camera=msg.camera)
+            self._focus_measured(focuser, None, None)
+            return
         self.expect.pop(msg.request_id, None)
         self.pictures.pop(msg.exposure_id, None)
         self.event("error", f"{msg.camera}: exposure failed: {msg.error}", camera=msg.camera,
@@ -1052,7 +1189,7 @@ class Supervisor(UnitActor):
 
     def _analyze(self, f: ExposureComplete, reference: tuple, solve: str = ""):
         msg = AnalyzeFrame(exposure_id=f.exposure_id, camera=f.camera, path=f.path, reference_sources=reference,
-                           urgent=f.image_type == "pointing", solve=solve)
+                           urgent=f.image_type in ("pointing", "focus"), solve=solve)
         self.in_flight_analysis[f.exposure_id] = msg
         addr = self._address("analysis")
         if addr is not None:
@@ -1104,6 +1241,13 @@ class Supervisor(UnitActor):
             self.event("error", f"analysis of {Path(msg.path).name} failed: {msg.metrics['error']}")
         if msg.drift_px is not None:
             self.last_drift = msg.drift_px
+        focuser = self.focus_frames.pop(msg.exposure_id, None)
+        if focuser:
+            self._focus_measured(focuser, msg.metrics.get("fwhm_px"), msg.metrics.get("n_stars"))
+            return
+        f = self._focuser_for(msg.camera)
+        if f and f["name"] in self.focus_state and msg.metrics.get("fwhm_px") is not None:
+            self.focus_state[f["name"]]["history"].append(msg.metrics["fwhm_px"])
         pointing_id = getattr(self, "_ask_purpose_for_pointing", None)
         if pointing_id == msg.exposure_id:
             self._ask_purpose_for_pointing = None
@@ -1158,6 +1302,9 @@ class Supervisor(UnitActor):
 
     # parking: abort what is exposing, park the mount
     def _enter_parking(self):
+        for run in self.focus_runs.values():
+            run["af"].abort("parking")
+        self.focus_runs = {}
         self._abort_round()
         self._close_observation("interrupted")
         self._close_dome()
@@ -1439,6 +1586,10 @@ class Supervisor(UnitActor):
             if v else None,
             "mount": {k: self.mount_status.get(k) for k in ("state", "ra_deg", "dec_deg", "tracking", "parked")},
             "devices": {name: dict(st) for name, st in self.accessory_status.items()},
+            "cameras": {e["camera"]: {"exposing": True, "exposure_id": e["exposure_id"], "image_type": e["image_type"],
+                                      "exptime": e["exptime"], "started": iso(e["start_unix"]),
+                                      "elapsed_s": round(max(0.0, self.clock.now() - e["start_unix"]), 1)}
+                        for e in self.in_flight_exposures.values()},
             "night": {"date": self.night_date, "dark_start": iso(self.night_start), "dark_end": iso(self.night_end),
                       "nights_done": self.nights_done},
             "last_decision": self.last_decision,

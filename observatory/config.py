@@ -47,12 +47,46 @@ class LocationConfig(_Section):
 
 class ActorSystemConfig(_Section):
     admin_port: int = Field(19500, ge=1024, le=65535)
+    bind_address: str = Field("127.0.0.1", description="the one address every actor socket listens on; "
+                                                      "another than loopback needs allow_network")
+    allow_network: bool = Field(False, description="allow a non-loopback bind_address (a VPN address: "
+                                                   "docs/multihost.md)")
+
+    @model_validator(mode="after")
+    def _bind(self) -> "ActorSystemConfig":
+        from observatory.hosts import check_bind_address
+        # No test bind here: the file may be checked on another computer. run_unit.py
+        # checks again, with a test bind, before it starts the actor system.
+        check_bind_address(self.bind_address, self.allow_network, probe=False,
+                           flag="actor_system.allow_network: true")
+        return self
+
+
+class HostConfig(_Section):
+    """A member host: a computer running the agent (python -m observatory.member)
+    that holds the devices whose ``host`` names it (docs/multihost.md)."""
+    address: str = Field(description="the address the member's agent binds to (its VPN address)")
+    admin_port: int = Field(19501, ge=1024, le=65535, description="the member's admin port")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        import ipaddress
+        try:
+            ip = ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address") from None
+        if ip.version != 4 or ip.is_unspecified:
+            raise ValueError(f"{v}: give the member's own IPv4 address (not 0.0.0.0)")
+        return v
 
 
 class _DeviceConfig(_Section):
     """A device: which driver, and the driver's own settings (checked by the driver)."""
     driver: Literal["simulator"] = "simulator"
     settings: dict = Field(default_factory=dict)
+    host: str | None = Field(None, description="the member host (a key of `hosts`) that holds this device; "
+                                               "None: the unit's own computer")
 
     @field_validator("settings")
     @classmethod
@@ -81,6 +115,31 @@ class FocuserConfig(_DeviceConfig):
     camera: str = Field(description="the camera this focuser moves")
     position: int | None = Field(None, ge=0, description="focus position set at start-up (steps)")
     timeout: float = Field(300.0, gt=0, description="simulated seconds for a move")
+    limits: tuple[int, int] = Field((0, 10000), description="the focuser's travel, steps (for autofocus)")
+    autofocus: dict | None = Field(None, description="autofocus settings (observatory/autofocus.py); "
+                                                     "null: no autofocus, {}: the defaults")
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limits_pair(cls, v):
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("autofocus")
+    @classmethod
+    def _autofocus(cls, v):
+        if v is not None:
+            from observatory.autofocus import AutofocusSettings
+            AutofocusSettings.from_mapping(v)
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self):
+        lo, hi = self.limits
+        if not 0 <= lo < hi:
+            raise ValueError(f"limits: expected [low, high] with 0 <= low < high, got {list(self.limits)}")
+        if self.position is not None and not lo <= self.position <= hi:
+            raise ValueError(f"position {self.position} is outside the limits {list(self.limits)}")
+        return self
 
 
 class FilterWheelConfig(_DeviceConfig):
@@ -92,6 +151,7 @@ class FilterWheelConfig(_DeviceConfig):
 class WeatherConfig(_Section):
     driver: Literal["simulator", "cloudwatcher", "indi"] = "simulator"
     settings: dict = Field(default_factory=dict, description="the cloudwatcher driver's settings")
+    host: str | None = Field(None, description="the member host (a key of `hosts`) that holds the station")
     timeline: str | None = "weather/default.yaml"
     sample_interval: float = Field(30.0, gt=0, description="simulated seconds between readings")
 
@@ -155,6 +215,15 @@ class SchedulerConfig(_Section):
         None, description="obstructions: [azimuth, altitude] points, degrees; None = min_altitude only")
     meridian_policy: Literal["penalise", "veto", "ignore"] = "penalise"
     meridian_penalty: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("horizon", mode="before")
+    @classmethod
+    def _horizon_points(cls, v):
+        # YAML has lists, not tuples: each [azimuth, altitude] pair becomes a tuple
+        # (strict mode would refuse the list, but a wrong length or a text still fails).
+        if isinstance(v, list):
+            return [tuple(p) if isinstance(p, list) else p for p in v]
+        return v
 
     @field_validator("horizon")
     @classmethod
@@ -230,6 +299,40 @@ class UnitConfig(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     observing: ObservingConfig = ObservingConfig()
     supervision: SupervisionConfig = SupervisionConfig()
+    hosts: dict[str, HostConfig] = Field(default_factory=dict,
+                                         description="member hosts by name (docs/multihost.md)")
+
+    def placed_devices(self) -> list[tuple[str, str]]:
+        """(configuration key, host) of every device placed on a member host."""
+        out = [(key, section.host) for key, section in
+               (("mount", self.mount), ("dome", self.dome), ("filterwheel", self.filterwheel),
+                ("weather", self.weather)) if section is not None and section.host]
+        out += [(f"cameras.{i}", c.host) for i, c in enumerate(self.cameras) if c.host]
+        out += [(f"focusers.{i}", f.host) for i, f in enumerate(self.focusers) if f.host]
+        return out
+
+    @model_validator(mode="after")
+    def _hosts(self) -> "UnitConfig":
+        import re
+
+        from observatory.hosts import HOST_NAME_PATTERN, is_loopback
+        for name, h in self.hosts.items():
+            if not re.match(HOST_NAME_PATTERN, name):
+                raise ValueError(f"hosts.{name}: host names take letters, digits, '_', '.', '-' only")
+            if (h.address, h.admin_port) == (self.actor_system.bind_address, self.actor_system.admin_port):
+                raise ValueError(f"hosts.{name}: {h.address}:{h.admin_port} is the unit's own admin address")
+            if is_loopback(self.actor_system.bind_address) and not is_loopback(h.address):
+                raise ValueError(f"hosts.{name}.address: a member at {h.address} cannot reach a unit bound to "
+                                 f"{self.actor_system.bind_address}: set actor_system.bind_address to the unit's "
+                                 "VPN address (and allow_network: true)")
+        ports = [(h.address, h.admin_port) for h in self.hosts.values()]
+        if len(set(ports)) != len(ports):
+            raise ValueError("hosts: two hosts share an address and admin_port")
+        for key, host in self.placed_devices():
+            if host not in self.hosts:
+                raise ValueError(f"{key}.host: no host named {host!r} under hosts "
+                                 f"(hosts: {sorted(self.hosts) or 'none'})")
+        return self
 
     @model_validator(mode="after")
     def _cameras(self) -> "UnitConfig":
@@ -366,6 +469,7 @@ def load_config(path: str | os.PathLike) -> dict:
 
     base = path.resolve().parent
     data = cfg.model_dump()
+    _drop_unset_hosts(data)
 
     def resolve(p: str | None) -> str | None:
         return None if p is None else str((base / os.path.expanduser(p)).resolve())
@@ -382,6 +486,16 @@ def load_config(path: str | os.PathLike) -> dict:
     data["config_file"] = str(path.resolve())
     data["config_hash"] = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return data
+
+
+def _drop_unset_hosts(data: dict) -> None:
+    """A device's ``host`` key appears in the loaded configuration only when it is
+    set (read it with ``section.get("host")``): single-computer units look as before."""
+    sections = [data.get(k) for k in ("mount", "dome", "filterwheel", "weather")]
+    sections += list(data.get("cameras") or []) + list(data.get("focusers") or [])
+    for section in sections:
+        if isinstance(section, dict) and section.get("host", "") is None:
+            del section["host"]
 
 
 def scheduler_kwargs(scheduler: dict, location: dict) -> dict:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import yaml
 
-# The PANOPTES states; a table must define each of them, and no other.
-STATES = ("sleeping", "ready", "scheduling", "slewing", "pointing", "tracking",
+# The states the supervisor implements: the PANOPTES states plus focusing
+# (autofocus runs). A table must define each of them, and no other.
+STATES = ("sleeping", "ready", "scheduling", "slewing", "pointing", "tracking", "focusing",
           "observing", "analyzing", "parking", "parked", "housekeeping")
 
 
