@@ -20,6 +20,16 @@ from observatory.processes import set_parent_death_signal
 class UnitActor(ActorTypeDispatcher):
     role = "actor"
 
+    @classmethod
+    def actorSystemCapabilityCheck(cls, capabilities, requirements):
+        """Thespian asks this (on the class) before placing an actor on an actor
+        system, with that system's capabilities and the ``targetActorRequirements``
+        given to ``createActor``: ``{"panoptes-host": "camhost1"}`` places the actor
+        only on the member host of that name; no requirement, only on the leader
+        (observatory/hosts.py, docs/multihost.md)."""
+        from observatory.hosts import placement_accepts
+        return placement_accepts(capabilities, requirements)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         set_parent_death_signal()
