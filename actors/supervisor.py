@@ -376,6 +376,9 @@ class Supervisor(UnitActor):
 
     def _forget_work_of(self, child: Child) -> None:
         """A dead actor will not answer: settle what we were waiting for from it."""
+        if child.role == "analysis":
+            for m in self.in_flight_analysis.values():
+                self._remove_partial_files(Path(m.path))    # a WCS update cut short; the frame itself is whole
         if child.role in ACCESSORY_ROLES:
             ours = {"dome": ("dome-open", "dome-close"), "focuser": ("focus",), "filterwheel": ("filter",)}
             self.expect = {k: v for k, v in self.expect.items() if v not in ours[child.role]}
@@ -618,6 +621,7 @@ class Supervisor(UnitActor):
                                        exp_set_size=o["exp_set_size"], priority=o["priority"],
                                        decision_id=msg.decision_id, seq_id=seq_id, start_unix=now)
         ob = self.observation
+        self.night_exptimes.add(float(ob.exptime))
         self._journal("observation", id=ob.id, field=ob.name, ra_deg=ob.ra_deg, dec_deg=ob.dec_deg,
                       exptime=ob.exptime, min_nexp=ob.min_nexp, exp_set_size=ob.exp_set_size, priority=ob.priority,
                       decision_id=ob.decision_id, seq_id=ob.seq_id, start_unix=ob.start_unix, night=self.night_date)
@@ -1346,10 +1350,58 @@ class Supervisor(UnitActor):
     def _enter_housekeeping(self):
         self._close_observation("interrupted")
         self.housekeeping_started_wall = time.time()
+        self.calibration_queue = self._calibration_plan()
         self._tick_housekeeping(self.clock.now())
+
+    def _calibration_plan(self) -> list:
+        """Bias and darks for tonight's exposure times, taken with the dome closed
+        and the mount parked, before the night's summary (observatory/calibration.py)."""
+        cal = self.config.get("calibration") or {}
+        if not cal.get("darks", True) or not self.cameras():
+            return []
+        from observatory.calibration import CalibrationPlan
+        readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in self.cameras())
+        plan = CalibrationPlan.for_night(sorted(self.night_exptimes), n_bias=cal.get("n_bias", 10),
+                                         n_darks=cal.get("n_darks", 5))
+        plan = plan.trimmed(cal.get("budget", 3600.0), readout)
+        frames = list(plan.frames())
+        if frames:
+            self.event("calibration", f"bias and darks: {len(frames)} frames per camera "
+                                      f"({plan.duration(readout):.0f} s)", frames=len(frames))
+        return frames
+
+    def _start_calibration(self, image_type: str, exptime: float) -> None:
+        now = self.clock.now()
+        self.round, self.round_frames = {}, []
+        self.round_index += 1
+        for cam in self.cameras():
+            image_id = f"{cam.name}_{headers.compact_time(now)}_{image_type}"
+            path = headers.image_path(self.pandir, "calibration", cam.name, self.night_date, image_id)
+            hdr = {"OBJECT": (image_type, "calibration frame"), "IMAGEID": (image_id, ""),
+                   "CFGHASH": (self.config["config_hash"], ""), "NIGHT": (self.night_date, "")}
+            hdr.update(self._accessory_header(cam.name))
+            exposure_id = f"cal-{self.night_date}-{self.round_index:04d}-{cam.name}"
+            msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type=image_type,
+                                ra_deg=float("nan"), dec_deg=float("nan"), header=hdr)
+            started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=None,
+                           image_type=image_type, exptime=exptime, start_unix=now, round_index=self.round_index,
+                           ra_deg=None, dec_deg=None, set_index=0, frame_index=0)
+            self.in_flight_exposures[exposure_id] = started
+            self._journal("exposure_started", **started)
+            self.round[cam.name] = exposure_id
+            self._ask(cam.address, msg, "exposure")
+        readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in self.cameras())
+        self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], "calibration frames")
 
     def _tick_housekeeping(self, now):
         if "summary" in self.expect.values():
+            return
+        if self.calibration_queue or self.round:
+            if not self.round and not self.stopping:
+                image_type, exptime = self.calibration_queue.pop(0)
+                self._start_calibration(image_type, exptime)
+            elif self.stopping:
+                self.calibration_queue = []
             return
         # The summary includes every frame's figures: let analysis finish first.
         if self.in_flight_analysis and time.time() - self.housekeeping_started_wall < 60:
@@ -1384,6 +1436,7 @@ class Supervisor(UnitActor):
         self.unsafe_periods = 0
         self.night_restarts = {}
         self.exposures_done = {}
+        self.night_exptimes: set[float] = set()
         self.last_integrated = now
         if getattr(self, "journal", None) is not None:
             from observatory.journal import JournalState
@@ -1556,6 +1609,10 @@ class Supervisor(UnitActor):
                 self.event("error", f"{cam}: no frame within the deadline; dropped from this round", camera=cam)
             self._abort_round()
             self._round_progress()
+        elif self.state == "housekeeping" and what == "calibration frames":
+            for cam in list(self.round):
+                self.event("error", f"{cam}: no calibration frame within the deadline", camera=cam)
+            self._abort_round()
         elif self.state == "housekeeping":
             self.expect = {k: v for k, v in self.expect.items() if v != "summary"}
             self.nights_done += 1

@@ -256,6 +256,13 @@ class ObservingConfig(_Section):
     solve_timeout: float = Field(60.0, gt=0, description="wall seconds solve-field may take on a pointing frame")
 
 
+class CalibrationConfig(_Section):
+    darks: bool = Field(True, description="bias and darks in housekeeping, for the night's exposure times")
+    n_bias: int = Field(10, ge=0)
+    n_darks: int = Field(5, ge=0, description="per exposure time")
+    budget: float = Field(3600.0, gt=0, description="simulated seconds the calibration may take")
+
+
 class ChildSupervisionConfig(_Section):
     """Per-child overrides of the restart policy (observatory/supervision.py)."""
     restart: Literal["permanent", "transient", "temporary"] = "permanent"
@@ -299,6 +306,7 @@ class UnitConfig(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     observing: ObservingConfig = ObservingConfig()
     supervision: SupervisionConfig = SupervisionConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     hosts: dict[str, HostConfig] = Field(default_factory=dict,
                                          description="member hosts by name (docs/multihost.md)")
 

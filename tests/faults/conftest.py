@@ -91,7 +91,8 @@ class UnitUnderFire:
                 on_disk = {str(p) for p in images.rglob("*.fits")}
                 raise AssertionError(f"DB and files disagree: only on disk {sorted(on_disk - set(rows))[:5]}, "
                                      f"only in DB {sorted(set(rows) - on_disk)[:5]}, "
-                                     f"duplicates {len(rows) - len(set(rows))}")
+                                     f"duplicates {len(rows) - len(set(rows))}, "
+                                     f"half-written {[str(p) for p in images.rglob('.*.part')][:5]}")
             time.sleep(0.5)
 
 
