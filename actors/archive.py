@@ -67,14 +67,36 @@ class ArchiveActor(UnitActor):
             try:
                 path = make_report(self.pandir, night, site=dict(self.site), start_unix=start_unix,
                                    end_unix=end_unix)
-                self.reports_done.put((night, str(path), None))
+                done = (night, str(path), None)
             except Exception as e:  # noqa: BLE001 - a report must never take the archive down
-                self.reports_done.put((night, None, f"{type(e).__name__}: {e}"))
+                done = (night, None, f"{type(e).__name__}: {e}")
+            self._retention(night)
+            self.reports_done.put(done)           # last: the actor stops looking once reports are in
         self.reports_running += 1
         thread = threading.Thread(target=make, name=f"report-{night}", daemon=True)
         thread.start()
         self.report_threads = [t for t in getattr(self, "report_threads", []) if t.is_alive()] + [thread]
         self.wake_in_wall(0.5, "report")
+
+    def _retention(self, night: str) -> None:
+        """The retention policy (observatory/retention.py), in the report's thread:
+        copy frames to the archive location, then free space oldest first, only
+        ever deleting a frame whose copy is verified. The records are moved to
+        the copies by the actor's own thread (the single writer)."""
+        policy = self.settings.get("retention") or {}
+        if not policy.get("archive_dir"):
+            return
+        from observatory import retention
+        try:
+            rp = retention.RetentionPolicy(**policy)
+            copied = retention.copy_to_archive(self.pandir, rp)
+            deletions = retention.plan(self.pandir, rp)
+            freed = retention.apply(deletions)
+            self.reports_done.put(("retention", {"copied": len(copied), "deleted": [(str(d.path), str(d.copy))
+                                                                                     for d in deletions],
+                                                 "freed": freed}, None))
+        except Exception as e:  # noqa: BLE001 - reported, and nothing was deleted unsafely
+            self.reports_done.put(("retention", None, f"{type(e).__name__}: {e}"))
 
     def on_tick(self, tick: Tick):
         if tick.kind != "report":
@@ -84,8 +106,19 @@ class ArchiveActor(UnitActor):
                 night, path, error = self.reports_done.get_nowait()
             except queue.Empty:
                 break
-            self.reports_running -= 1
             now = self.clock.now()
+            if night == "retention":
+                if error:
+                    self.archive.record_event("error", "archive", f"retention failed: {error}", now, time.time(), {})
+                    continue
+                for old, new in path["deleted"]:
+                    self.archive.relocate_exposure(old, new)
+                self.archive.record_event("retention", "archive", f"retention: {path['copied']} frame(s) copied, "
+                                          f"{len(path['deleted'])} deleted after a verified copy, "
+                                          f"{path['freed'] / 1e9:.2f} GB freed", now, time.time(),
+                                          {"copied": path["copied"], "deleted": len(path["deleted"])})
+                continue
+            self.reports_running -= 1
             if error:
                 self.log.error("report_failed", night=night, error=error)
                 self.archive.record_event("error", "archive", f"nightly report {night} failed: {error}", now,
@@ -99,5 +132,7 @@ class ArchiveActor(UnitActor):
     def teardown(self):
         for thread in getattr(self, "report_threads", []):
             thread.join(timeout=20.0)          # a stop right after the night: let its report finish
+        if getattr(self, "reports_done", None) is not None:
+            self.on_tick(Tick("report"))       # and record what it did
         if getattr(self, "archive", None):
             self.archive.close()

@@ -176,7 +176,7 @@ class Supervisor(UnitActor):
 
         self.children: dict[str, Child] = {}
         c = self.config
-        specs = [("archive", "archive", ArchiveActor, {}),
+        specs = [("archive", "archive", ArchiveActor, {"retention": c.get("retention")}),
                  ("weather", "weather", WeatherActor,
                   dict(c["weather"], timeline_start_unix=self.clock.start_unix)),
                  ("safety", "safety", SafetyActor,

@@ -146,6 +146,10 @@ class Archive:
             self.db.execute("DELETE FROM pending_metrics WHERE exposure_id=?", (m.exposure_id,))
             self.record_metrics(m.exposure_id, json.loads(waiting[0]), json.loads(waiting[1]) if waiting[1] else None)
 
+    def relocate_exposure(self, old_path: str, new_path: str) -> None:
+        """A frame deleted by the retention policy lives on as its verified copy."""
+        self.db.execute("UPDATE exposures SET path=? WHERE path=?", (new_path, old_path))
+
     def record_metrics(self, exposure_id: str, metrics: dict, drift_px) -> None:
         """Thespian does not promise ordering: metrics may arrive before their
         exposure's row, so they wait in pending_metrics until it does."""

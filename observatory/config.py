@@ -256,6 +256,14 @@ class ObservingConfig(_Section):
     solve_timeout: float = Field(60.0, gt=0, description="wall seconds solve-field may take on a pointing frame")
 
 
+class RetentionConfig(_Section):
+    """observatory/retention.py: nothing is ever deleted without a verified copy."""
+    archive_dir: str | None = Field(None, description="where frames are copied; must exist; null: keep everything")
+    min_free_gb: float = Field(5.0, ge=0, description="free space to keep on the images disk")
+    max_age_days: float | None = Field(None, gt=0, description="delete (copied) frames older than this")
+    verify_copy: bool = Field(True, description="compare size and SHA-256 before trusting a copy")
+
+
 class CalibrationConfig(_Section):
     darks: bool = Field(True, description="bias and darks in housekeeping, for the night's exposure times")
     n_bias: int = Field(10, ge=0)
@@ -307,6 +315,7 @@ class UnitConfig(_Section):
     observing: ObservingConfig = ObservingConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    retention: RetentionConfig = RetentionConfig()
     hosts: dict[str, HostConfig] = Field(default_factory=dict,
                                          description="member hosts by name (docs/multihost.md)")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,25 @@ def test_policy_checks():
         RetentionPolicy(max_age_days=0)
     p = RetentionPolicy()
     assert (p.min_free_gb, p.max_age_days, p.archive_dir, p.verify_copy) == (5.0, None, None, True)
+
+
+def test_housekeeping_applies_the_retention_policy_through_the_archive_actor(tmp_path):
+    """A whole night with an archive location and a free-space target no disk
+    meets: every frame is copied, then deleted locally, and its record points
+    at the verified copy, so the DB and the files still agree."""
+    from tests.unit_runner import RunningUnit
+    store = tmp_path / "store"
+    store.mkdir()
+    unit = RunningUnit(tmp_path, start="2026-11-24T13:30:00", speed=600, nights=1,
+                       overrides={"retention": {"archive_dir": str(store), "min_free_gb": 1e9},
+                                  "calibration.darks": False})
+    try:
+        assert unit.wait(240) == 0, unit.output()[-3000:]
+    finally:
+        unit.kill()
+    rows = [p for (p,) in unit.query("SELECT path FROM exposures")]
+    assert rows and all(p.startswith(str(store)) for p in rows)
+    assert not list((unit.pandir / "images").rglob("*.fits"))
+    assert all(Path(p).exists() for p in rows)
+    event = unit.query("SELECT message FROM events WHERE kind='retention'")
+    assert event and f"{len(rows)} deleted after a verified copy" in event[0][0]
