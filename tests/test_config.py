@@ -98,6 +98,7 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path):
 def test_primary_camera_defaults_to_the_first(tmp_path):
     cfg = shipped()
     cfg["cameras"] = [{"name": "east"}, {"name": "west"}]
+    cfg["focusers"] = []
     assert load_config(write(tmp_path, cfg))["primary_camera"] == "east"
 
 
