@@ -35,7 +35,7 @@ def wire_fault(fired, target: str, kind: str, *, hold_s: float = 0.0, explained=
     wall, sim = fired.inject(target, kind, **params)
     if hold_s:
         time.sleep(hold_s)
-        fired.inject(target, "behave")
+        _, sim = fired.inject(target, "behave", settle=False)
     fired.wait_observing(sim, timeout=120)
     fired.assert_explained(wall, target, kind, *explained)
     fired.assert_files_agree()

@@ -52,8 +52,12 @@ class UnitUnderFire:
         return next((a for a in self.unit.status().get("actors", []) if a["name"] == name), {})
 
     # -- acting ----------------------------------------------------------------
-    def inject(self, target: str, kind: str, **params) -> tuple[float, float]:
-        """Inject; returns (wall, simulated) time of the injection."""
+    def inject(self, target: str, kind: str, *, settle: bool = True, **params) -> tuple[float, float]:
+        """Inject (once the unit observes: each cell starts from the same place);
+        returns (wall, simulated) time of the injection."""
+        if settle:
+            self.unit.wait_for(lambda: self.unit.status().get("state") in ("observing", "analyzing", "tracking"),
+                               180, "the unit observing before the fault", interval=0.05)
         wall, sim = time.time(), sim_now(self.unit)
         reply = control.request(self.pandir, "fault", {"target": target, "kind": kind, "params": params})
         assert reply["ok"], reply
