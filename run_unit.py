@@ -110,10 +110,10 @@ class SystemdNotifier:
                 os.close(fd)
 
 
-def port_in_use(port: int) -> bool:
+def port_in_use(port: int, address: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((address, port)) == 0
 
 
 class Unit:
@@ -157,7 +157,15 @@ class Unit:
         from observatory.processes import pid_alive, prepare_actor_host
 
         port = self.config["actor_system"]["admin_port"]
-        if port_in_use(port):
+        bind = self.config["actor_system"].get("bind_address", "127.0.0.1")
+        if bind != "127.0.0.1":
+            from observatory.hosts import check_bind_address
+            try:
+                check_bind_address(bind, self.config["actor_system"].get("allow_network", False), probe=True,
+                                   flag="actor_system.allow_network: true")
+            except ValueError as e:
+                raise UsageError(f"actor_system.bind_address: {e}") from None
+        if port_in_use(port, bind):
             raise UsageError(f"admin port {port} (actor_system.admin_port) is already in use: "
                              "is another unit running? Refusing to attach to it.")
         for sub in ("images", "db", "logs", "run", "reports"):
@@ -184,10 +192,19 @@ class Unit:
         except RuntimeError as e:
             lock.close()
             raise UsageError(str(e)) from None
-        prepare_actor_host()
+        prepare_actor_host(bind)
+        capabilities = {"Admin Port": port}
+        if self.config.get("hosts"):
+            # Member hosts join this system's convention: shorter convention timers
+            # (a member that left is announced in seconds, not 22 minutes) and a
+            # bounded wait for a host that stopped answering (docs/multihost.md).
+            from observatory.hosts import leader_capabilities, tune_convention, tune_transmit_timeout
+            tune_convention(5, 3)
+            tune_transmit_timeout(30)
+            capabilities = leader_capabilities(port, self.config["name"])
 
         from actors.supervisor import Supervisor
-        self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": port},
+        self.asys = ActorSystem("multiprocTCPBase", capabilities,
                                 logDefs=logs.thespian_log_defs(self.pandir))
         # Only now: Thespian's admin is forked above and keeps whatever handlers
         # it inherits, and a flag-setting handler would make it ignore SIGTERM.
@@ -333,7 +350,8 @@ class Unit:
         pids = []
         try:
             status = json.loads((self.pandir / "run" / "status.json").read_text())
-            pids = [a["pid"] for a in status.get("actors", []) if a.get("pid")]
+            # Actors on member hosts have pids of another computer: not ours to kill.
+            pids = [a["pid"] for a in status.get("actors", []) if a.get("pid") and not a.get("host")]
             pids.append(status.get("supervisor", {}).get("pid"))
         except (OSError, ValueError):
             pass

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from thespian.actors import ChildActorExited, DeadEnvelope
+from thespian.actors import ActorSystemConventionUpdate, ChildActorExited, DeadEnvelope, PoisonMessage
 
 from actors.accessories import DomeActor, FilterWheelActor, FocuserActor
 from actors.analysis import AnalysisActor
@@ -66,6 +66,8 @@ class Child:
     init_request: str | None = None
     init_sent_wall: float = 0.0
     policy: object = None                               # observatory.supervision.RestartPolicy
+    host: str | None = None                             # a member host (multi-host units), None: this one
+    lost: bool = False                                  # its host is gone: waiting for it to come back
     last_exit: str = ""                                 # why it was last restarted (for the record)
     last_heartbeat_reply: float = 0.0                   # wall time
     restart_count: int = 0
@@ -194,7 +196,12 @@ class Supervisor(UnitActor):
         from observatory.supervision import RestartPolicy, child_specs
         child_spec = child_specs([(name, role) for name, role, _, _ in specs], c["supervision"], VITAL_ROLES)
         for name, role, cls, settings in specs:
-            self.children[name] = Child(name, role, cls, settings, policy=RestartPolicy(child_spec[name]))
+            self.children[name] = Child(name, role, cls, settings, policy=RestartPolicy(child_spec[name]),
+                                        host=settings.get("host"))
+        self.hosts_up: set[str] = set()
+        if any(child.host for child in self.children.values()):
+            # Member hosts join and leave the convention: Thespian tells us (late; heartbeats first).
+            self.notifyOnSystemRegistrationChanges(True)
         for child in self.children.values():
             self._spawn(child)
         self.send(sender, UnitStarted(pid=os.getpid(), request_id=msg.request_id))
@@ -285,7 +292,13 @@ class Supervisor(UnitActor):
         return {}
 
     def _spawn(self, child: Child) -> None:
-        child.address = self.createActor(child.actor_class)
+        if child.host and child.host not in self.hosts_up:
+            child.address, child.ready, child.lost = None, False, True
+            self.event("host", f"{child.name} waits for its host {child.host}", child=child.name, host=child.host)
+            return
+        from observatory.hosts import host_requirements
+        child.lost = False
+        child.address = self.createActor(child.actor_class, targetActorRequirements=host_requirements(child.host))
         child.ready, child.pid = False, None
         child.epoch += 1
         init = Initialize(name=child.name, role=child.role, settings=child.settings, clock=self.clock.to_dict(),
@@ -314,7 +327,7 @@ class Supervisor(UnitActor):
             self.send(self.children["safety"].address, PeersChanged(peers={child.name: child.address}))
         if child.role == "archive":
             self._resend_to_archive(child.address)
-        if self.state == "starting" and all(c.ready for c in self.children.values()):
+        if self.state == "starting" and all(c.ready or c.lost for c in self.children.values()):
             self.event("unit", "all actors ready", pids={c.name: c.pid for c in self.children.values()})
             self.goto(self.table.initial, "start-up complete")
         self.write_status(force=True)
@@ -415,6 +428,49 @@ class Supervisor(UnitActor):
             for m in self.in_flight_analysis.values():
                 self.send(addr, m)
 
+    # ------------------------------------------------------------ member hosts
+
+    def _lose(self, child: Child, why: str) -> None:
+        """A child on a member host stopped answering: carry on without it until the
+        host comes back (no restart here: it would be placed on the same lost host)."""
+        if child.lost:
+            return
+        child.ready, child.lost, child.address = False, True, None
+        self._forget_work_of(child)
+        self.event("host", f"{child.name} on host {child.host} lost ({why}); carrying on without it until "
+                           f"the host returns", child=child.name, host=child.host)
+        if child.role in VITAL_ROLES and not self.table.is_always_safe(self.state):
+            self._close_dome()
+            self.goto("parking", f"{child.name} lost with its host {child.host}")
+        self.write_status(force=True)
+
+    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender):
+        from observatory.hosts import convention_host
+        host = convention_host(msg)
+        if host is None or not hasattr(self, "children"):
+            return
+        ours = [c for c in self.children.values() if c.host == host]
+        if msg.remoteAdded:
+            self.hosts_up.add(host)
+            self.event("host", f"host {host} joined", host=host)
+            for child in ours:
+                if (child.lost or not child.address) and not child.failed and not self.stopping:
+                    self.event("host", f"restoring {child.name} on {host}", child=child.name, host=host)
+                    self._spawn(child)
+        else:
+            self.hosts_up.discard(host)
+            self.event("host", f"host {host} left the convention", host=host)
+            for child in ours:
+                self._lose(child, "its host left the convention")
+
+    def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender):
+        poisoned = msg.poisonMessage
+        if isinstance(poisoned, Initialize):
+            child = self.children.get(poisoned.name)
+            if child and child.host:
+                self.hosts_up.discard(child.host)
+                self._lose(child, "it could not be placed on its host")
+
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender):
         dead = msg.deadMessage
         if isinstance(dead, ARCHIVE_MESSAGES):
@@ -487,8 +543,8 @@ class Supervisor(UnitActor):
         return [c for c in self.children.values() if c.role == "camera" and c.ready and not c.failed]
 
     def can_observe(self) -> bool:
-        vital_ok = all(not c.failed for c in self.children.values() if c.role in VITAL_ROLES)
-        return vital_ok and any(c.role == "camera" and not c.failed for c in self.children.values())
+        vital_ok = all(not c.failed and not c.lost for c in self.children.values() if c.role in VITAL_ROLES)
+        return vital_ok and any(c.role == "camera" and not c.failed and not c.lost for c in self.children.values())
 
     def set_deadline(self, sim_seconds: float, what: str, wall_min: float = 3.0) -> None:
         """Passed once both ``sim_seconds`` of simulated time and ``wall_min`` wall
@@ -1511,6 +1567,10 @@ class Supervisor(UnitActor):
             if not child.ready or child.failed or not child.pid:
                 continue
             silent = now - child.last_heartbeat_reply
+            if silent > sup["heartbeat_timeout"] and child.host:
+                # A pid on another computer cannot be killed from here, and its host may be gone.
+                self._lose(child, f"no heartbeat for {silent:.1f} s")
+                continue
             if silent > sup["heartbeat_timeout"]:
                 self.event("error", f"{child.name} hung (no heartbeat for {silent:.1f} s): killing pid {child.pid}",
                            child=child.name, pid=child.pid)
@@ -1655,6 +1715,7 @@ class Supervisor(UnitActor):
             "failure": self.failure,
             "supervisor": {"name": "unit", "pid": os.getpid()},
             "actors": [{"name": c.name, "role": c.role, "pid": c.pid, "ready": c.ready, "failed": c.failed,
+                        "host": c.host, "lost": c.lost,
                         "incarnation": c.epoch, "restarts": c.restart_count}
                        for c in self.children.values()],
         }
