@@ -238,10 +238,18 @@ class SafetyActor(UnitActor):
         return self.power_info.get("power"), self.power_info
 
     def _free_disk_gb(self) -> float | None:
+        if self.clock.now() < getattr(self, "disk_full_until", -1.0):
+            return 0.0                      # fault injection: the disk is full
         try:
             return shutil.disk_usage(self.pandir).free / 1e9
         except OSError:
             return None
+
+    def inject_device_fault(self, kind, params):
+        """'disk_full': the data disk reads as full for ``seconds`` (simulated, default 300)."""
+        if kind != "disk_full":
+            super().inject_device_fault(kind, params)
+        self.disk_full_until = self.clock.now() + float(params.get("seconds", 300.0))
 
     # -- evaluation ------------------------------------------------------------
 

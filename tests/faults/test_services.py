@@ -1,7 +1,5 @@
 """Faults x the unit's services: scheduler, weather station, safety kernel,
 archive (the single DB writer) and analysis."""
-import time
-
 import pytest
 
 from tests.faults.cells import process_fault, raised_fault, wire_fault
@@ -42,4 +40,12 @@ def test_weather_unsafe_parks_within_the_bound_and_resumes(fired):
     fired.wait_observing(sim + 120, timeout=120)
     fired.assert_explained(wall, "weather", "unsafe", "UNSAFE: %rain%", "safe")
     fired.assert_files_agree()
-    time.sleep(0)
+
+
+def test_disk_full_parks_and_resumes_when_space_returns(fired):
+    wall, sim = fired.inject("safety", "disk_full", seconds=120)
+    fired.unit.wait_for(lambda: fired.events_after(wall, "kind='state' AND message LIKE ?", ("%-> parked%",)),
+                        30, "parked while the disk is full")
+    fired.wait_observing(sim + 120, timeout=120)
+    fired.assert_explained(wall, "safety", "disk_full", "UNSAFE: %disk%")
+    fired.assert_files_agree()
