@@ -60,6 +60,9 @@ class CameraActor(UnitActor):
                                              request_id=start_msg.request_id))
 
     def on_tick(self, tick: Tick):
+        if tick.kind == "cloud-clears":
+            self.driver.transparency = 1.0
+            return
         if tick.kind != "poll" or not self.current or self.current[0].exposure_id != tick.token:
             return
         start_msg, requester = self.current
@@ -85,7 +88,12 @@ class CameraActor(UnitActor):
     READOUT_FAULTS = {"error": "error", "hang_readout": "hang"}
 
     def inject_device_fault(self, kind, params):
-        """'error': the next readout fails; 'hang_readout': the next readout never ends (simulated camera)."""
+        """'error': the next readout fails; 'hang_readout': the next readout never ends;
+        'cloud': stars dimmed to ``transparency`` (default 0.05) for ``seconds`` (simulated camera)."""
+        if kind == "cloud" and hasattr(self.driver, "transparency"):
+            self.driver.transparency = float(params.get("transparency", 0.05))
+            self.wake_in_sim(float(params.get("seconds", 600.0)), "cloud-clears")
+            return
         inject = getattr(self.driver, "inject_fault", None)
         if inject is None or kind not in self.READOUT_FAULTS:
             super().inject_device_fault(kind, params)

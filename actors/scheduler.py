@@ -77,7 +77,7 @@ class SchedulerActor(UnitActor):
         if winner is not None:
             observation = {"name": winner.name, "ra_deg": winner.ra_deg, "dec_deg": winner.dec_deg,
                            "priority": winner.priority, "exptime": winner.exptime, "min_nexp": winner.min_nexp,
-                           "exp_set_size": winner.exp_set_size}
+                           "exp_set_size": winner.exp_set_size, "dither_arcsec": winner.dither_arcsec}
         explained = decision.to_dict()
         if requested:
             explained["requested"] = requested

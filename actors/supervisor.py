@@ -94,6 +94,9 @@ class Observation:
     command_ra: float | None = None  # where the mount is sent: the field, corrected by plate solves
     command_dec: float | None = None
     pointing_attempts: int = 0       # pointing frames solved since the last slew from scheduling
+    dither_arcsec: float = 0.0       # dither step (0: none)
+    dither: tuple = (0.0, 0.0)       # (east, north) arcsec of the current set from the field
+    dithered_set: int = 0            # the set the current dither is for
 
 
 class Supervisor(UnitActor):
@@ -173,6 +176,7 @@ class Supervisor(UnitActor):
         self.focus_runs: dict[str, dict] = {}     # focuser -> {"af": Autofocus, "camera", "position"} while focusing
         self.focus_frames: dict[str, str] = {}    # focus exposure id -> focuser
         self.focus_state: dict[str, dict] = {}    # focuser -> {"night", "fwhm", "history"}: the last focus
+        self.star_counts: dict[str, deque] = {}    # camera -> star counts of its recent clear frames
         self._new_night(self.clock.now())
         self._open_journal()
 
@@ -667,6 +671,11 @@ class Supervisor(UnitActor):
             self.goto("parking", f"no target: {msg.reason}")
             return
         if self.observation and self.observation.name == msg.winner and self.mount_status.get("tracking"):
+            ob = self.observation
+            if ob.dither_arcsec > 0 and ob.set_index != ob.dithered_set:
+                self._next_dither(ob)
+                self.goto("slewing", f"dither {ob.set_index}: {ob.dither[0]:+.0f}\" E, {ob.dither[1]:+.0f}\" N")
+                return
             self.goto("tracking", msg.reason)
             return
         self._close_observation("switched")
@@ -675,7 +684,8 @@ class Supervisor(UnitActor):
         self.observation = Observation(id=new_request_id(), name=o["name"], ra_deg=o["ra_deg"],
                                        dec_deg=o["dec_deg"], exptime=o["exptime"], min_nexp=o["min_nexp"],
                                        exp_set_size=o["exp_set_size"], priority=o["priority"],
-                                       decision_id=msg.decision_id, seq_id=seq_id, start_unix=now)
+                                       decision_id=msg.decision_id, seq_id=seq_id, start_unix=now,
+                                       dither_arcsec=float(o.get("dither_arcsec") or 0.0))
         ob = self.observation
         self.night_exptimes.add(float(ob.exptime))
         self._journal("observation", id=ob.id, field=ob.name, ra_deg=ob.ra_deg, dec_deg=ob.dec_deg,
@@ -724,13 +734,33 @@ class Supervisor(UnitActor):
             self._close_observation("switched")
             self.goto("scheduling", f"{msg.name} vetoed before the slew")
 
+    # Dice-9: the centre, the four diagonals, the four sides (in dither steps).
+    DITHER_PATTERN = ((0, 0), (1, 1), (-1, -1), (1, -1), (-1, 1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+    def _next_dither(self, ob: Observation) -> None:
+        step = self.DITHER_PATTERN[ob.set_index % len(self.DITHER_PATTERN)]
+        ob.dither = (step[0] * ob.dither_arcsec, step[1] * ob.dither_arcsec)
+        ob.dithered_set = ob.set_index
+        self.event("observation", f"{ob.name}: set {ob.set_index + 1} dithered {ob.dither[0]:+.0f}\" E, "
+                                  f"{ob.dither[1]:+.0f}\" N", field=ob.name, dither_arcsec=list(ob.dither))
+
+    def _target(self, ob: Observation) -> tuple[float, float]:
+        """Where the current set should be centred: the field, plus the dither."""
+        if ob.dither == (0.0, 0.0):
+            return ob.ra_deg, ob.dec_deg
+        from observatory.solver import tan_deproject
+        ra, dec = tan_deproject([ob.dither[0] / 3600.0], [ob.dither[1] / 3600.0], ob.ra_deg, ob.dec_deg)
+        return float(ra[0]) % 360.0, float(dec[0])
+
     def _slew(self):
         ob = self.observation
         self.awaiting_dome = False
         self._open_dome()                 # opens while the mount slews
-        ra = ob.ra_deg if ob.command_ra is None else ob.command_ra
-        dec = ob.dec_deg if ob.command_dec is None else ob.command_dec
-        self._mount_command(SlewTo(ra_deg=ra, dec_deg=dec), "slew")
+        ra, dec = self._target(ob)
+        if ob.command_ra is not None:     # the pointing correction found for this field
+            ra += (ob.command_ra - ob.ra_deg + 180.0) % 360.0 - 180.0
+            dec += ob.command_dec - ob.dec_deg
+        self._mount_command(SlewTo(ra_deg=ra % 360.0, dec_deg=dec), "slew")
 
     def _mount_command(self, msg: Message, purpose: str):
         addr = self._address("mount")
@@ -1087,6 +1117,10 @@ class Supervisor(UnitActor):
                 moon=moon, config_hash=self.config["config_hash"], decision_id=ob.decision_id,
                 safe=self.is_safe(), unit_name=self.config["name"])
             hdr.update(self._accessory_header(cam.name))
+            if ob.dither_arcsec > 0:
+                hdr["DITHRA"] = (round(ob.dither[0], 2), "dither offset east [arcsec]")
+                hdr["DITHDEC"] = (round(ob.dither[1], 2), "dither offset north [arcsec]")
+                hdr["DITHSET"] = (ob.set_index, "set number the dither belongs to")
             exposure_id = f"{ob.id}-{self.round_index:04d}-{cam.name}"
             msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type=image_type,
                                 ra_deg=self.mount_status.get("ra_deg", ob.ra_deg),
@@ -1295,8 +1329,11 @@ class Supervisor(UnitActor):
 
     def receiveMsg_FrameAnalyzed(self, msg: FrameAnalyzed, sender):
         self.expect.pop(msg.request_id, None)
-        self.in_flight_analysis.pop(msg.exposure_id, None)
-        self.to_archive(RecordMetrics(exposure_id=msg.exposure_id, metrics=msg.metrics, drift_px=msg.drift_px))
+        analyzed = self.in_flight_analysis.pop(msg.exposure_id, None)
+        metrics = dict(msg.metrics)
+        if analyzed is not None and not analyzed.urgent:      # science frames
+            self._cloud_check(msg.camera, metrics, msg.path)
+        self.to_archive(RecordMetrics(exposure_id=msg.exposure_id, metrics=metrics, drift_px=msg.drift_px))
         if "error" in msg.metrics:
             self.event("error", f"analysis of {Path(msg.path).name} failed: {msg.metrics['error']}")
         if msg.drift_px is not None:
@@ -1319,6 +1356,26 @@ class Supervisor(UnitActor):
                 n = msg.metrics.get("n_stars")
                 self.goto("tracking", f"pointing frame: {n} stars")
 
+    def _cloud_check(self, camera: str, metrics: dict, path: str) -> None:
+        """A science frame with far fewer stars than the camera's recent frames:
+        probably cloud. Flagged with the exposure and told as an event; the
+        safety kernel's sky sensor decides about parking, not this."""
+        n = metrics.get("n_stars")
+        if n is None or "error" in metrics:
+            return
+        recent = self.star_counts.setdefault(camera, deque(maxlen=8))
+        fraction = self.config["observing"]["cloud_star_fraction"]
+        flagged = False
+        if len(recent) >= 3:
+            typical = sorted(recent)[len(recent) // 2]
+            flagged = typical > 0 and n < fraction * typical
+            if flagged:
+                self.event("cloud", f"{camera}: {n} stars in {Path(path).name} against {typical} typical: "
+                                    f"cloud flag", camera=camera, n_stars=n, typical=typical)
+        metrics["cloud_flag"] = flagged
+        if not flagged:
+            recent.append(n)
+
     def _correct_pointing(self, msg: FrameAnalyzed) -> bool:
         """Compare the solved centre of a pointing frame with the field; if it is
         off by more than the threshold (and attempts are left) send the mount to
@@ -1333,7 +1390,8 @@ class Supervisor(UnitActor):
                                    f"({msg.metrics.get('solve_error', 'no solution')}); observing as pointed",
                        field=ob.name, attempt=attempt, solved=False)
             return False
-        xi, eta, _ = tan_project([sol["ra_deg"]], [sol["dec_deg"]], ob.ra_deg, ob.dec_deg)
+        target_ra, target_dec = self._target(ob)
+        xi, eta, _ = tan_project([sol["ra_deg"]], [sol["dec_deg"]], target_ra, target_dec)
         east, north = float(xi[0]) * 3600.0, float(eta[0]) * 3600.0
         off = math.hypot(east, north)
         data = dict(field=ob.name, attempt=attempt, solved=True, solved_ra=sol["ra_deg"], solved_dec=sol["dec_deg"],
@@ -1352,6 +1410,7 @@ class Supervisor(UnitActor):
         cra = ob.ra_deg if ob.command_ra is None else ob.command_ra
         cdec = ob.dec_deg if ob.command_dec is None else ob.command_dec
         ra, dec = tan_deproject([-east / 3600.0], [-north / 3600.0], cra, cdec)
+        # Kept as the command for the undithered field: each set's dither is added to it.
         ob.command_ra, ob.command_dec = float(ra[0]) % 360.0, float(dec[0])
         self._journal("command", id=ob.id, ra_deg=ob.command_ra, dec_deg=ob.command_dec)
         self.event("pointing", f"{ob.name}: attempt {attempt} {off:.0f} arcsec off (solved by {sol['method']}); "

@@ -109,6 +109,10 @@ class Archive:
         # Databases from before events had a uid get the column (NULL for old rows).
         if "uid" not in {row[1] for row in self.db.execute("PRAGMA table_info(events)")}:
             self.db.execute("ALTER TABLE events ADD COLUMN uid TEXT")
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(exposures)")}
+        for column, kind in (("cloud_flag", "INTEGER"), ("metrics", "TEXT")):
+            if column not in have:      # added after the first release: old databases get them too
+                self.db.execute(f"ALTER TABLE exposures ADD COLUMN {column} {kind}")
         self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_uid ON events(uid)")
 
     def close(self) -> None:
@@ -161,9 +165,11 @@ class Archive:
         dx, dy = (drift_px[0], drift_px[1]) if drift_px else (None, None)
         self.db.execute(
             "UPDATE exposures SET background=?, background_rms=?, n_stars=?, fwhm_px=?, ellipticity=?,"
-            " drift_x_px=?, drift_y_px=? WHERE id=?",
+            " drift_x_px=?, drift_y_px=?, cloud_flag=?, metrics=? WHERE id=?",
             (metrics.get("background"), metrics.get("background_rms"), metrics.get("n_stars"),
-             _finite(metrics.get("fwhm_px")), _finite(metrics.get("ellipticity")), dx, dy, exposure_id))
+             _finite(metrics.get("fwhm_px")), _finite(metrics.get("ellipticity")), dx, dy,
+             int(bool(metrics.get("cloud_flag"))) if "cloud_flag" in metrics else None,
+             json.dumps(metrics, default=str), exposure_id))
 
     def record_decision(self, decision_id: str, time_unix: float, winner, reason: str, decision: dict) -> None:
         self.db.execute("INSERT OR IGNORE INTO decisions(id, time, winner, reason, data) VALUES (?,?,?,?,?)",

@@ -250,6 +250,9 @@ class ObservingConfig(_Section):
     retry_after_fault: float = Field(300.0, gt=0, description="after rounds without a frame, park this long")
     meridian_flip: bool = Field(True, description="stop at the meridian, flip and re-point (German mount)")
     meridian_flip_margin: float = Field(120.0, ge=0, description="seconds past the meridian before flipping")
+    cloud_star_fraction: float = Field(0.5, gt=0, lt=1, description="a science frame with fewer stars than "
+                                                                     "this fraction of the camera's recent ones "
+                                                                     "is flagged as cloudy")
     plate_solve: bool = Field(True, description="solve pointing frames (and correct the pointing) and science frames")
     pointing_threshold_arcsec: float = Field(120.0, gt=0, description="good enough: stop correcting")
     pointing_max_attempts: int = Field(3, ge=1, description="pointing frames per slew, the first included")

@@ -61,6 +61,8 @@ class Observation:
     exp_set_size: int = 10
     tags: tuple[str, ...] = ()
     filter_name: str | None = None
+    #: dither step, arcsec: each set after the first is offset by it (dice-9 pattern); 0 = none
+    dither_arcsec: float = 0.0
     #: ((start_unix, end_unix), ...): when set, a set must fit inside one of them.
     time_windows: tuple[tuple[float, float], ...] = ()
 
@@ -223,6 +225,13 @@ def _parse_entry(entry: Any) -> tuple[list[str], dict]:
         problems.append(f"tags must be a list of words, got {tags!r}")
     if obs.get("filter_name") is not None:
         out["filter_name"] = str(obs["filter_name"])
+    if obs.get("dither_arcsec") is not None:
+        try:
+            out["dither_arcsec"] = _number(obs["dither_arcsec"])
+            if not 0 <= out["dither_arcsec"] <= 3600:
+                problems.append(f"dither_arcsec must be within 0-3600, got {obs['dither_arcsec']!r}")
+        except ValueError:
+            problems.append(f"dither_arcsec must be a number, got {obs['dither_arcsec']!r}")
     constraints = obs.get("constraints")
     # POCS writes constraints as a list of named constraints; only the mapping
     # form carries time windows (a list is accepted and ignored, as before).

@@ -372,6 +372,7 @@ class SimulatedCamera:
         self._closed = False
         self._count = 0
         self._next_fault: str | None = None
+        self.transparency = 1.0        # < 1 under cloud (set by fault injection in tests)
         # Includes threads of aborted exposures that may still be rendering.
         self._threads: list[threading.Thread] = []
 
@@ -845,7 +846,8 @@ class SimulatedCamera:
         x, y, mag = x[visible], y[visible], mag[visible]
         if len(x) == 0:
             return
-        flux = (10.0 ** (-0.4 * (mag - float(s["zero_point_mag"]))) * exptime).astype(np.float32)
+        flux = (10.0 ** (-0.4 * (mag - float(s["zero_point_mag"]))) * exptime
+                * self.transparency).astype(np.float32)
 
         offsets = np.arange(-half, half + 1)
         xc, yc = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)

@@ -63,3 +63,35 @@ def test_pointing_converges_from_degrees_off_and_science_frames_carry_a_true_wcs
         # ... and the frame really is where the field is: the correction worked.
         true_ra, true_dec = header["SIM-RA"], header["SIM-DEC"]
         assert solver.offset_arcsec(independent, true_ra, true_dec) < 60.0
+
+
+def test_dithered_sets_land_where_the_pattern_puts_them(tmp_path):
+    import yaml
+    fields = tmp_path / "fields.yaml"
+    fields.write_text(yaml.safe_dump([
+        {"field": {"name": "Dither field", "position": "37.0 40.0"},
+         "observation": {"priority": 500, "exptime": 30, "min_nexp": 8, "exp_set_size": 2, "dither_arcsec": 300}}]))
+    unit = RunningUnit(tmp_path, start=DARK_START, speed=60,
+                       overrides={"cameras": _cameras(1800.0), "scheduler.fields_file": str(fields),
+                                  "observing.pointing_threshold_arcsec": 60.0})
+    try:
+        unit.wait_for(lambda: science_count(unit, "cam00") >= 6, 180, "three dithered sets")
+        assert unit.terminate() == 0
+    finally:
+        unit.kill()
+    rows = unit.query("SELECT path FROM exposures WHERE camera='cam00' AND image_type='science' ORDER BY start_unix")
+    offsets = {}
+    for (path,) in rows:
+        h = fits.getheader(path)
+        if not h.get("SOLVED"):
+            continue
+        centre = WCS(h).all_pix2world([((h["NAXIS1"] - 1) / 2, (h["NAXIS2"] - 1) / 2)], 0)[0]
+        xi, eta, _ = solver.tan_project([centre[0]], [centre[1]], 37.0, 40.0)
+        offsets.setdefault(h.get("DITHSET", 0), []).append(
+            (h.get("DITHRA", 0.0), h.get("DITHDEC", 0.0), xi[0] * 3600, eta[0] * 3600))
+    assert len(offsets) >= 2, offsets
+    for dset, frames in offsets.items():
+        for dra, ddec, east, north in frames:
+            # The frame centre is the field plus the set's dither, within the pointing threshold.
+            assert abs(east - dra) < 90 and abs(north - ddec) < 90, (dset, dra, ddec, east, north)
+    assert any(abs(f[0]) == 300 or abs(f[1]) == 300 for frames in offsets.values() for f in frames)

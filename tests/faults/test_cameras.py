@@ -34,3 +34,15 @@ def test_camera_readout_hang(fired):
     fired.unit.wait_for(lambda: fired.science_after(sim, "cam01") >= 1, 90, "cam01 delivering again")
     fired.assert_explained(wall, "cam01", "hang_readout", "cam01: no frame within the deadline%")
     fired.assert_files_agree()
+
+
+def test_cloud_over_one_camera_flags_its_frames(fired):
+    # Clouds the sky sensor does not see (a local patch): the star count drops
+    # on cam01, its frames are flagged in the database, the unit goes on.
+    wall, sim = fired.inject("cam01", "cloud", transparency=0.02, seconds=400)
+    flagged = fired.unit.wait_for(lambda: fired.unit.query(
+        "SELECT COUNT(*) FROM exposures WHERE camera='cam01' AND cloud_flag=1")[0][0], 90, "a cloud flag")
+    assert flagged >= 1
+    assert not fired.unit.query("SELECT 1 FROM exposures WHERE camera='cam00' AND cloud_flag=1")
+    fired.assert_explained(wall, "cam01", "cloud", "cam01: % stars in % typical: cloud flag")
+    fired.assert_files_agree()
