@@ -478,7 +478,9 @@ class Supervisor(UnitActor):
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender):
         dead = msg.deadMessage
         if isinstance(dead, ARCHIVE_MESSAGES):
-            self.archive_backlog.append(dead)     # re-sent when the archive is back: no row is lost
+            # Sent to an archive that died: to its successor if there is one already
+            # (a record written twice is one row), else kept until there is.
+            self.to_archive(dead)
         elif isinstance(dead, AnalyzeFrame):
             pass                                  # kept in in_flight_analysis and re-sent on restart
         elif self.log:

@@ -76,6 +76,10 @@ class UnitUnderFire:
         injected = self.events_after(wall, "kind='fault' AND message LIKE ?", (f"fault injected: {kind} in {target}%",))
         assert injected, f"no event for the injected {kind} in {target}"
         for pattern in patterns:
+            # Records sent to a dying archive arrive a moment later, through its successor.
+            deadline = time.time() + 15
+            while not self.events_after(wall, "message LIKE ?", (pattern,)) and time.time() < deadline:
+                time.sleep(0.25)
             assert self.events_after(wall, "message LIKE ?", (pattern,)), \
                 f"no event matching {pattern!r} after the fault; events: {self.events_after(wall)[:30]}"
 
