@@ -480,7 +480,11 @@ class Supervisor(UnitActor):
         if isinstance(dead, ARCHIVE_MESSAGES):
             # Sent to an archive that died: to its successor if there is one already
             # (a record written twice is one row), else kept until there is.
-            self.to_archive(dead)
+            archive = self.children.get("archive")
+            if archive is not None and archive.address is not None and msg.deadAddress != archive.address:
+                self.to_archive(dead)
+            else:
+                self.archive_backlog.append(dead)
         elif isinstance(dead, AnalyzeFrame):
             pass                                  # kept in in_flight_analysis and re-sent on restart
         elif self.log:
