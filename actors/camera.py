@@ -61,7 +61,10 @@ class CameraActor(UnitActor):
 
     def on_tick(self, tick: Tick):
         if tick.kind == "cloud-clears":
-            self.driver.transparency = 1.0
+            if self.clock.now() >= self.cloud_until:
+                self.driver.transparency = 1.0
+            else:
+                self.wake_in_sim(self.cloud_until - self.clock.now(), "cloud-clears")
             return
         if tick.kind != "poll" or not self.current or self.current[0].exposure_id != tick.token:
             return
@@ -92,6 +95,7 @@ class CameraActor(UnitActor):
         'cloud': stars dimmed to ``transparency`` (default 0.05) for ``seconds`` (simulated camera)."""
         if kind == "cloud" and hasattr(self.driver, "transparency"):
             self.driver.transparency = float(params.get("transparency", 0.05))
+            self.cloud_until = self.clock.now() + float(params.get("seconds", 600.0))
             self.wake_in_sim(float(params.get("seconds", 600.0)), "cloud-clears")
             return
         inject = getattr(self.driver, "inject_fault", None)

@@ -46,8 +46,10 @@ def test_whole_service_crash_resumes_the_observation_and_loses_no_frame(tmp_path
     try:
         resumed = second.wait_for(lambda: second.query(
             "SELECT message FROM events WHERE kind='resume' AND message LIKE 'resuming %'"), 90, "the resume")
-        assert f"resuming {observation['field']} at frame {frames_before}" in resumed[0][0] or \
-            f"at frame {frames_before - 1}" in resumed[0][0], resumed
+        # status.json lags the journal by up to half a second: a round may have been
+        # counted between reading it and the crash.
+        assert any(f"resuming {observation['field']} at frame {n} " in resumed[0][0]
+                   for n in (frames_before, frames_before + 1)), resumed
         second.wait_for(lambda: second.query(
             "SELECT COUNT(*) FROM exposures WHERE observation_id=? AND camera='cam00' AND image_type='science' "
             "AND start_unix > ?", (observation["id"], crashed_at))[0][0] >= 2, 90,
