@@ -65,6 +65,10 @@ class Command:
     deadline_wall: float = 0.0
 
 
+# Wall seconds before an unanswered question to the weather station or a device is asked again.
+WEATHER_REASK_WALL_S = 1.0
+HEALTH_REASK_WALL_S = 3.0
+
 class SafetyActor(UnitActor):
     role = "safety"
     KEEPALIVE_SIM_S = 60.0
@@ -161,7 +165,13 @@ class SafetyActor(UnitActor):
     def on_tick(self, tick: Tick):
         if tick.kind == "check":
             weather = self.peers.get("weather")
-            if weather is not None:
+            wall = time.time()
+            # One question at a time: Thespian keeps at most 20 messages in flight per
+            # process, and a weather actor that stopped answering would otherwise fill
+            # them and hold up everything behind (verdicts, park commands, heartbeat
+            # replies). An unanswered question is asked again after a wall second.
+            if weather is not None and wall - getattr(self, "weather_asked_wall", 0.0) > WEATHER_REASK_WALL_S:
+                self.weather_asked_wall = wall
                 self.send(weather, ReadWeather())
             # Evaluate even without a fresh answer: a silent station becomes stale.
             self.evaluate()
@@ -179,6 +189,8 @@ class SafetyActor(UnitActor):
                 continue
             h = self.health.setdefault(name, {"asked_since": None, "status": None, "error": "",
                                               "status_valid_after": 0.0})
+            if any(n == name and wall - sent < HEALTH_REASK_WALL_S for n, sent in self.status_requests.values()):
+                continue                              # still waiting for its last answer (see on_tick)
             req = GetStatus()
             self.status_requests[req.request_id] = (name, wall)
             if h["asked_since"] is None:
@@ -196,6 +208,7 @@ class SafetyActor(UnitActor):
     # -- inputs ----------------------------------------------------------------
 
     def receiveMsg_WeatherReading(self, msg: WeatherReading, sender):
+        self.weather_asked_wall = 0.0                 # answered: the next check may ask again
         self.last_reading = msg.reading
         self.evaluate()
 

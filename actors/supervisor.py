@@ -359,8 +359,17 @@ class Supervisor(UnitActor):
 
     def _restart(self, child: Child, why: str) -> None:
         child.ready = False
-        self._forget_work_of(child)
         decision = child.policy.on_exit(time.time(), abnormal=True)
+        if decision.action == "restart" and decision.delay_s == 0:
+            # The replacement is on its way before the dead one's work is settled
+            # (settling can start the next round, which takes time).
+            child.restart_count += 1
+            child.last_exit = f"{why}; {decision.reason}"
+            self.night_restarts[child.name] = self.night_restarts.get(child.name, 0) + 1
+            self._spawn(child)
+            self._forget_work_of(child)
+            return
+        self._forget_work_of(child)
         if decision.action == "give_up":
             child.failed = True
             budget = decision.reason.removeprefix("restart budget spent (").removesuffix(")")
@@ -501,7 +510,10 @@ class Supervisor(UnitActor):
     def event(self, kind: str, message: str, **data) -> None:
         now = self.clock.now() if self.clock else time.time()
         if self.log:
-            self.log.info("event", kind=kind, message=message, **{k: v for k, v in data.items() if k != "message"})
+            # pid/actor/event name the writer in every log line: event data says child_pid etc.
+            clash = ("message", "pid", "actor", "event", "level", "timestamp")
+            self.log.info("event", kind=kind, message=message,
+                          **{(f"data_{k}" if k in clash else k): v for k, v in data.items() if k != "message"})
         self.to_archive(RecordEvent(kind=kind, source="unit", message=message, time_unix=now,
                                     wall_unix=time.time(), data=data))
 
@@ -870,8 +882,8 @@ class Supervisor(UnitActor):
         exposure_id = f"{ob.id if ob else 'focus'}-{self.round_index:04d}-{cam.name}"
         exptime = float(run["af"].settings.exptime)
         msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type="focus",
-                            ra_deg=self.mount_status.get("ra_deg", float("nan")),
-                            dec_deg=self.mount_status.get("dec_deg", float("nan")), header=hdr)
+                            ra_deg=float(self.mount_status.get("ra_deg") or 0.0),
+                            dec_deg=float(self.mount_status.get("dec_deg") or 0.0), header=hdr)
         started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=ob.id if ob else None,
                        image_type="focus", exptime=exptime, start_unix=now, round_index=self.round_index,
                        ra_deg=msg.ra_deg, dec_deg=msg.dec_deg, set_index=0, frame_index=0)
@@ -1259,6 +1271,15 @@ class Supervisor(UnitActor):
                         self._ask_purpose_for_pointing = None
                         self.goto("tracking", "pointing analysis failed; observing without a reference")
         elif purpose == "exposure":
+            for exposure_id, e in list(self.in_flight_exposures.items()):
+                child = self.children.get(e["camera"])
+                if child is not None and child.address == sender:
+                    self._journal("exposure_done", exposure_id=exposure_id, outcome="refused")
+            focus = next((f for x, f in self.focus_frames.items() if x not in self.in_flight_exposures), None)
+            if focus and self.focus_runs.get(focus) and self.state == "focusing":
+                for x in [x for x, f in self.focus_frames.items() if f == focus and x not in self.in_flight_exposures]:
+                    del self.focus_frames[x]
+                self._focus_measured(focus, None, None)
             cam = next((n for n in self.round if self.children.get(n) and self.children[n].address == sender), None)
             if cam:
                 del self.round[cam]
@@ -1503,7 +1524,8 @@ class Supervisor(UnitActor):
             hdr.update(self._accessory_header(cam.name))
             exposure_id = f"cal-{self.night_date}-{self.round_index:04d}-{cam.name}"
             msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type=image_type,
-                                ra_deg=float("nan"), dec_deg=float("nan"), header=hdr)
+                                ra_deg=float(self.mount_status.get("ra_deg") or 0.0),
+                                dec_deg=float(self.mount_status.get("dec_deg") or 0.0), header=hdr)
             started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=None,
                            image_type=image_type, exptime=exptime, start_unix=now, round_index=self.round_index,
                            ra_deg=None, dec_deg=None, set_index=0, frame_index=0)
@@ -1640,6 +1662,7 @@ class Supervisor(UnitActor):
                 self.event("error", f"{child.name} hung (no heartbeat for {silent:.1f} s): killing pid {child.pid}",
                            child=child.name, pid=child.pid)
                 child.ready = False
+                child.init_sent_wall = now          # dying, not initialising: no init timeout meanwhile
                 try:
                     os.kill(child.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -1885,8 +1908,8 @@ class Supervisor(UnitActor):
             self.pictures[exposure_id] = cam.name
             self._ask(cam.address, StartExposure(
                 exposure_id=exposure_id, exptime=msg.exptime, path=str(path), image_type="science",
-                ra_deg=self.mount_status.get("ra_deg", float("nan")),
-                dec_deg=self.mount_status.get("dec_deg", float("nan")), header=hdr), "exposure")
+                ra_deg=float(self.mount_status.get("ra_deg") or 0.0),
+                dec_deg=float(self.mount_status.get("dec_deg") or 0.0), header=hdr), "exposure")
             started[cam.name] = str(path)
         self.event("operator", f"picture of {msg.exptime:g} s on {', '.join(started)}")
         self._reply(msg, sender, paths=started)
