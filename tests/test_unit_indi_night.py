@@ -94,7 +94,7 @@ def test_a_night_on_indi_devices_through_driver_and_server_failures(tmp_path):
                      "settings": {**common, "device": "CCD Simulator", "readout_time": 2.0}},
                     {"name": "cam01", "driver": "indi", "settings": {**common, "device": "CCD Two",
                                                                       "readout_time": 2.0}}],
-        "focusers": [{"name": "foc00", "camera": "cam00", "driver": "indi", "position": 42000,
+        "focusers": [{"name": "foc00", "camera": "cam00", "driver": "indi", "position": 42000, "limits": [0, 100000],
                       "settings": common}],
         "filterwheel": {"driver": "indi", "filter": "2", "settings": common},
         "dome": {"driver": "indi", "settings": common, "timeout": 60.0},
