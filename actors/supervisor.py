@@ -406,8 +406,14 @@ class Supervisor(UnitActor):
             for m in self.in_flight_analysis.values():
                 self._remove_partial_files(Path(m.path))    # a WCS update cut short; the frame itself is whole
         if child.role in ACCESSORY_ROLES:
-            ours = {"dome": ("dome-open", "dome-close"), "focuser": ("focus",), "filterwheel": ("filter",)}
+            ours = {"dome": ("dome-open", "dome-close"), "focuser": ("focus", "focus-run", "focus-final"),
+                    "filterwheel": ("filter",)}
             self.expect = {k: v for k, v in self.expect.items() if v not in ours[child.role]}
+            run = self.focus_runs.get(child.name)
+            if run is not None and not run.get("final"):
+                run["af"].abort(f"{child.name} restarted")
+                self._focus_finished(child.name)
+            self._focusing_done()
         if child.role == "camera":
             # An exposure under way died with the actor, unless its file was complete
             # (files are renamed into place whole): then it is recorded like any frame.
@@ -917,9 +923,17 @@ class Supervisor(UnitActor):
             # Not again tonight unless the seeing or temperature says so.
             from collections import deque as _deque
             self.focus_state[name] = {"night": self.night_date, "fwhm": None, "history": _deque(maxlen=20)}
-        self._ask(self.children[name].address, MoveFocuser(position=int(target)), "focus")
-        run["done"] = True
-        if all(r.get("done") for r in self.focus_runs.values()) and self.state == "focusing":
+        addr = self.children[name].address
+        # (A focuser being restarted is moved to its configured position by its set-up.)
+        run["final"] = self._ask(addr, MoveFocuser(position=int(target)), "focus-final") if addr else "none"
+        self._focusing_done()
+
+    def _focusing_done(self) -> None:
+        """Observing resumes once every run has ended and every focuser has
+        arrived where its run left it (a frame must never catch it moving)."""
+        if self.state != "focusing" or not self.focus_runs:
+            return
+        if all(r.get("final") and r["final"] not in self.expect for r in self.focus_runs.values()):
             self.focus_runs = {}
             self.goto("tracking", "focused")
 
@@ -991,7 +1005,7 @@ class Supervisor(UnitActor):
                 self.goto("parking", f"dome {shutter}")
 
     def receiveMsg_DeviceMoved(self, msg: DeviceMoved, sender):
-        purpose = self._expected(msg, "dome-open", "dome-close", "focus", "filter", "focus-run")
+        purpose = self._expected(msg, "dome-open", "dome-close", "focus", "filter", "focus-run", "focus-final")
         if not purpose:
             return
         del self.expect[msg.request_id]
@@ -1002,6 +1016,9 @@ class Supervisor(UnitActor):
                        action=msg.action)
         else:
             self.event(msg.name, f"{msg.name}: {msg.action} done", device=msg.name, status=msg.status)
+        if purpose == "focus-final":
+            self._focusing_done()
+            return
         if purpose == "focus-run":
             if self.state == "focusing" and msg.name in self.focus_runs:
                 if msg.ok:
