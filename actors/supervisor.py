@@ -1671,7 +1671,7 @@ class Supervisor(UnitActor):
             if not child.ready or child.failed or not child.pid:
                 continue
             silent = now - child.last_heartbeat_reply
-            if silent > sup["heartbeat_timeout"] and child.host:
+            if child.host and silent > sup.get("remote_heartbeat_timeout", 6.0):
                 # A pid on another computer cannot be killed from here, and its host may be gone.
                 self._lose(child, f"no heartbeat for {silent:.1f} s")
                 continue

@@ -289,6 +289,8 @@ class SupervisionConfig(_Section):
     init_timeout: float = Field(20.0, gt=0, description="wall seconds")
     heartbeat_interval: float = Field(2.0, gt=0, description="wall seconds between heartbeats to each actor")
     heartbeat_timeout: float = Field(10.0, gt=0, description="wall seconds of silence before a hung actor is killed")
+    remote_heartbeat_timeout: float = Field(6.0, gt=0, description="wall seconds of silence before an actor on a "
+                                                                    "member host is declared lost")
     backoff_initial: float = Field(0.5, ge=0, description="wall seconds before the second restart within the period; "
                                                           "doubles with each further one")
     backoff_max: float = Field(30.0, ge=0, description="longest wait between restarts")

@@ -82,7 +82,7 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert cfg["scheduler"]["moon_separation"] == 15.0 and cfg["scheduler"]["hysteresis"] == 0.1
     assert cfg["observing"]["pointing_exptime"] == 30.0
     assert cfg["supervision"] == {"max_restarts": 5, "restart_period": 60.0, "init_timeout": 20.0,
-                                  "heartbeat_interval": 2.0, "heartbeat_timeout": 10.0, "backoff_initial": 0.5,
+                                  "heartbeat_interval": 2.0, "heartbeat_timeout": 10.0, "remote_heartbeat_timeout": 6.0, "backoff_initial": 0.5,
                                   "backoff_max": 30.0, "children": {}}
 
 

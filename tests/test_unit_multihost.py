@@ -25,7 +25,7 @@ def test_cameras_on_a_member_host_are_lost_and_restored(tmp_path):
     leader_port, member_port = free_port(), free_port()
     overrides = {"actor_system": {"admin_port": leader_port},
                  "hosts": {"camhost": {"address": "127.0.0.1", "admin_port": member_port}},
-                 "supervision.heartbeat_interval": 1.0, "supervision.heartbeat_timeout": 5.0}
+                 "supervision.heartbeat_interval": 2.0}     # the defaults: detection within 10 s
     path = write_config(tmp_path, overrides)
     cfg = yaml.safe_load(path.read_text())
     cfg["actor_system"]["admin_port"] = leader_port
