@@ -81,7 +81,9 @@ class SafetyActor(UnitActor):
         self.settings = {**SAFETY_DEFAULTS, **self.settings}
         self.ephemeris = Ephemeris(Site(self.site["name"], self.site["latitude"], self.site["longitude"],
                                         self.site["elevation"]))
-        self.horizon = float(self.site["observe_horizon"])
+        # The sun rule protects the hardware: with twilight flats on, the roof may
+        # open from the flats' high limit; science waits for observe_horizon anyway.
+        self.horizon = float(self.settings.get("sun_horizon", self.site["observe_horizon"]))
         self.kernel = SafetyKernel(SafetyLimits.from_settings(self.settings, self.horizon))
         self.ups = make_ups(self.settings, self.clock)
         self.battery = BatteryClock()
@@ -299,8 +301,11 @@ class SafetyActor(UnitActor):
         self.last_assessment = a
         previous = self.last_verdict
         changed = previous is None or a.safe != previous.safe or any(a.changes.values())
+        ambient = (reading or {}).get("ambient_c") if age is not None and age <= self.settings["max_weather_age"] \
+            else None
         verdict = SafetyVerdict(safe=a.safe, reasons=a.reasons, time_unix=now, sun_alt_deg=sun_alt,
-                                weather_safe=a.weather_safe, changed=changed)
+                                weather_safe=a.weather_safe, changed=changed,
+                                ambient_temp_c=float(ambient) if isinstance(ambient, (int, float)) else None)
         self.last_verdict = verdict
         self.last_inputs = self._inputs_record(inputs, power_info)
         if changed or now - self.last_sent_sim >= self.KEEPALIVE_SIM_S or \

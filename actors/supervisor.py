@@ -44,6 +44,8 @@ from observatory.clock import SimClock, iso
 from observatory.statetable import load_state_table
 
 # Devices without which the unit cannot observe at all.
+# States that observe the night sky: only between dark start and dark end.
+DARK_STATES = ("scheduling", "slewing", "pointing", "tracking", "focusing", "observing", "analyzing")
 VITAL_ROLES = ("mount", "dome", "safety", "weather", "scheduler", "archive", "analysis")
 ACCESSORY_ROLES = ("dome", "focuser", "filterwheel")
 EMPTY_ROUNDS_BEFORE_PARKING = 3
@@ -170,6 +172,7 @@ class Supervisor(UnitActor):
         self.failure = None
         self.give_up = None            # set when a vital device is lost: park, then fail
         self.verdict_wall = 0.0
+        self.ambient_temp: float | None = None    # degrees C, from the safety kernel's weather readings
         self.journal = None
         self.resume: dict | None = None
         self.in_flight_exposures: dict[str, dict] = {}   # exposure id -> what was journaled when it started
@@ -177,6 +180,10 @@ class Supervisor(UnitActor):
         self.focus_frames: dict[str, str] = {}    # focus exposure id -> focuser
         self.focus_state: dict[str, dict] = {}    # focuser -> {"night", "fwhm", "history"}: the last focus
         self.star_counts: dict[str, deque] = {}    # camera -> star counts of its recent clear frames
+        self.flat_frames: dict[str, str] = {}      # flat exposure id -> camera, until its level is measured
+        self.flat_levels: dict[str, float | None] = {}   # camera -> this round's flat level
+        self.flat_round: dict | None = None        # the flat round under way: exptime, start, trend
+        self.flat_wait_until: float | None = None  # sky out of range: the next flat round then
         self._new_night(self.clock.now())
         self._open_journal()
 
@@ -187,7 +194,7 @@ class Supervisor(UnitActor):
                   dict(c["weather"], timeline_start_unix=self.clock.start_unix)),
                  ("safety", "safety", SafetyActor,
                   dict(c["safety"], weather_timeline=c["weather"]["timeline"],
-                       timeline_start_unix=self.clock.start_unix)),
+                       timeline_start_unix=self.clock.start_unix, sun_horizon=self.sun_limit())),
                  ("scheduler", "scheduler", SchedulerActor, c["scheduler"]),
                  ("analysis", "analysis", AnalysisActor, {"solve_timeout": c["observing"]["solve_timeout"]}),
                  ("mount", "mount", MountActor, c["mount"])]
@@ -439,6 +446,8 @@ class Supervisor(UnitActor):
                 self._slew()
             elif self.state == "parking":
                 self._mount_command(Park(), "park")
+            elif self.state == "calibrating" and not self.round and "slew" not in self.expect.values():
+                self._flats_slew()
             else:
                 self._ask(addr, GetStatus(), "mount-status")
         elif child.role == "scheduler" and self.state == "scheduling":
@@ -638,6 +647,8 @@ class Supervisor(UnitActor):
             return
         if now >= self.night_start - self.config["observing"]["wake_before_dark"] and now < self.night_end:
             self.goto("ready", "night approaching")
+        elif self._flats_due(now) == "evening":
+            self.goto("ready", "evening twilight: flats")
 
     # ready: wait for dark and safe
     def _enter_ready(self):
@@ -652,7 +663,12 @@ class Supervisor(UnitActor):
             return
         elif not self.can_observe():
             self.goto("parking", "a vital device has failed")
-        elif self.is_safe() and self._held_safe(now) and now >= self.retry_at:
+        elif not (self.is_safe() and self._held_safe(now) and now >= self.retry_at):
+            return
+        elif self._flats_due(now):
+            self.goto("calibrating", f"{self._flats_due(now)} twilight flats")
+        elif now >= self.night_start:
+            # (The safety kernel's sun limit is the flats' when flats are on: dark is checked here.)
             self.goto("scheduling", "dark and safe")
 
     def _held_safe(self, now) -> bool:
@@ -811,6 +827,11 @@ class Supervisor(UnitActor):
                 self._on_target_if_open()
             else:
                 self.goto("parking", f"slew interrupted: {msg.status.get('state')}")
+        elif purpose == "slew" and self.state == "calibrating":
+            if msg.action == "slew":
+                self._flats_on_target()
+            else:
+                self.goto("parking", f"slew interrupted: {msg.status.get('state')}")
         elif purpose == "park" and self.state == "parking" and msg.action != "park":
             self.event("error", f"the park was interrupted (mount {msg.status.get('state')}): parking again")
             self._mount_command(Park(), "park")
@@ -836,7 +857,8 @@ class Supervisor(UnitActor):
             if last is None or last["night"] != self.night_date:
                 due[f["name"]] = "first focus of the night"
                 continue
-            why = needs_refocus(list(last["history"]), None, None, last["fwhm"], f["autofocus"])
+            why = needs_refocus(list(last["history"]), self.ambient_temp, last.get("temp"), last["fwhm"],
+                                f["autofocus"])
             if why:
                 due[f["name"]] = why
         return due
@@ -883,21 +905,14 @@ class Supervisor(UnitActor):
             mount=self.mount_status, site=self.site, moon={}, config_hash=self.config["config_hash"],
             decision_id=ob.decision_id if ob else None, safe=self.is_safe(), unit_name=self.config["name"])
         hdr.update(self._accessory_header(cam.name))
+        hdr.update(self._ambient_header())
         hdr["FOCUSPOS"] = (position, f"focuser {name} [steps]")
         self.round_index += 1
         exposure_id = f"{ob.id if ob else 'focus'}-{self.round_index:04d}-{cam.name}"
-        exptime = float(run["af"].settings.exptime)
-        msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type="focus",
-                            ra_deg=float(self.mount_status.get("ra_deg") or 0.0),
-                            dec_deg=float(self.mount_status.get("dec_deg") or 0.0), header=hdr)
-        started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=ob.id if ob else None,
-                       image_type="focus", exptime=exptime, start_unix=now, round_index=self.round_index,
-                       ra_deg=msg.ra_deg, dec_deg=msg.dec_deg, set_index=0, frame_index=0)
-        self.in_flight_exposures[exposure_id] = started
-        self._journal("exposure_started", **started)
         self.focus_frames[exposure_id] = name
         run["position"] = position
-        self._ask(cam.address, msg, "exposure")
+        self._begin_exposure(cam, exposure_id, float(run["af"].settings.exptime), "focus", path, hdr,
+                             observation_id=ob.id if ob else None)
 
     def _focus_measured(self, name: str, fwhm, n_stars) -> None:
         run = self.focus_runs.get(name)
@@ -916,13 +931,15 @@ class Supervisor(UnitActor):
             self.event("focus", f"{name}: best focus {result.position} (HFD {result.min_hfd:.2f} px, "
                                 f"{result.frames} frames)", focuser=name, result=result.to_dict())
             from collections import deque as _deque
-            self.focus_state[name] = {"night": self.night_date, "fwhm": result.min_hfd, "history": _deque(maxlen=20)}
+            self.focus_state[name] = {"night": self.night_date, "fwhm": result.min_hfd, "history": _deque(maxlen=20),
+                                      "temp": self.ambient_temp}
         else:
             self.event("error", f"{name}: autofocus failed ({result.reason}); back to {target}", focuser=name,
                        result=result.to_dict())
             # Not again tonight unless the seeing or temperature says so.
             from collections import deque as _deque
-            self.focus_state[name] = {"night": self.night_date, "fwhm": None, "history": _deque(maxlen=20)}
+            self.focus_state[name] = {"night": self.night_date, "fwhm": None, "history": _deque(maxlen=20),
+                                      "temp": self.ambient_temp}
         addr = self.children[name].address
         # (A focuser being restarted is moved to its configured position by its set-up.)
         run["final"] = self._ask(addr, MoveFocuser(position=int(target)), "focus-final") if addr else "none"
@@ -1027,7 +1044,15 @@ class Supervisor(UnitActor):
                     self.focus_runs[msg.name]["af"].abort(f"the focuser did not move: {msg.error}")
                     self._focus_finished(msg.name)
             return
-        if purpose == "dome-open" and self.state == "slewing":
+        if purpose == "dome-open" and self.state == "calibrating":
+            if not msg.ok:
+                if self.is_safe():
+                    self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
+                self.goto("parking", "the dome did not open")
+            elif self.awaiting_dome:
+                self.awaiting_dome = False
+                self._flat_exposures(self.flat_next_exptime)
+        elif purpose == "dome-open" and self.state == "slewing":
             if not msg.ok:
                 if self.is_safe():       # not when the safety kernel closed it: the verdict decides then
                     self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
@@ -1152,23 +1177,41 @@ class Supervisor(UnitActor):
                 moon=moon, config_hash=self.config["config_hash"], decision_id=ob.decision_id,
                 safe=self.is_safe(), unit_name=self.config["name"])
             hdr.update(self._accessory_header(cam.name))
+            hdr.update(self._ambient_header())
             if ob.dither_arcsec > 0:
                 hdr["DITHRA"] = (round(ob.dither[0], 2), "dither offset east [arcsec]")
                 hdr["DITHDEC"] = (round(ob.dither[1], 2), "dither offset north [arcsec]")
                 hdr["DITHSET"] = (ob.set_index, "set number the dither belongs to")
             exposure_id = f"{ob.id}-{self.round_index:04d}-{cam.name}"
-            msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type=image_type,
-                                ra_deg=self.mount_status.get("ra_deg", ob.ra_deg),
-                                dec_deg=self.mount_status.get("dec_deg", ob.dec_deg), header=hdr)
             self.round[cam.name] = exposure_id
-            started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=ob.id,
-                           image_type=image_type, exptime=exptime, start_unix=now, round_index=self.round_index,
-                           ra_deg=msg.ra_deg, dec_deg=msg.dec_deg, set_index=ob.set_index, frame_index=ob.frames)
-            self.in_flight_exposures[exposure_id] = started
-            self._journal("exposure_started", **started)
-            self._ask(cam.address, msg, "exposure")
+            self._begin_exposure(cam, exposure_id, exptime, image_type, path, hdr, observation_id=ob.id,
+                                 set_index=ob.set_index, frame_index=ob.frames,
+                                 ra_deg=self.mount_status.get("ra_deg", ob.ra_deg),
+                                 dec_deg=self.mount_status.get("dec_deg", ob.dec_deg))
+        self._readout_deadline(cams, exptime, f"{image_type} exposures")
+
+    def _begin_exposure(self, cam: Child, exposure_id: str, exptime: float, image_type: str, path, header: dict,
+                        *, observation_id: str | None = None, set_index: int = 0, frame_index: int = 0,
+                        ra_deg: float | None = None, dec_deg: float | None = None,
+                        sky: bool = True) -> None:
+        """Every exposure starts here: in flight and in the journal before the camera
+        is asked, so a crash at any point leaves it settled at resume. ``sky``: the
+        frame looks at the sky, so its record carries the pointing."""
+        ra = float(self.mount_status.get("ra_deg") or 0.0) if ra_deg is None else ra_deg
+        dec = float(self.mount_status.get("dec_deg") or 0.0) if dec_deg is None else dec_deg
+        msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type=image_type,
+                            ra_deg=ra, dec_deg=dec, header=header)
+        started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=observation_id,
+                       image_type=image_type, exptime=exptime, start_unix=self.clock.now(),
+                       round_index=self.round_index, ra_deg=ra if sky else None, dec_deg=dec if sky else None,
+                       set_index=set_index, frame_index=frame_index)
+        self.in_flight_exposures[exposure_id] = started
+        self._journal("exposure_started", **started)
+        self._ask(cam.address, msg, "exposure")
+
+    def _readout_deadline(self, cams: list[Child], exptime: float, what: str) -> None:
         readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in cams)
-        self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], f"{image_type} exposures")
+        self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], what)
 
     def _accessory_header(self, camera: str) -> dict:
         hdr = {}
@@ -1179,6 +1222,11 @@ class Supervisor(UnitActor):
         if wheel and "filter" in wheel:
             hdr["FILTER"] = (str(wheel["filter"]), "filter in the beam")
         return hdr
+
+    def _ambient_header(self) -> dict:
+        if self.ambient_temp is None:
+            return {}
+        return {"AMBTEMP": (round(self.ambient_temp, 2), "ambient temperature [C]")}
 
     def _moon(self, now, ob) -> dict:
         try:
@@ -1236,7 +1284,7 @@ class Supervisor(UnitActor):
         if late:
             self.event("exposure", f"{msg.camera}: late frame {Path(msg.path).name} recorded",
                        camera=msg.camera, exposure_id=msg.exposure_id)
-        if msg.image_type == "focus":
+        if msg.image_type in ("focus", "flat"):
             self._analyze(msg, reference=())
         if msg.image_type == "science":
             # Measured as soon as it exists, while the next exposure runs.
@@ -1324,10 +1372,12 @@ class Supervisor(UnitActor):
                 self.goto("tracking", "pointing frame failed; observing without a reference")
         elif self.state == "observing":
             self.goto("analyzing", f"{len(self.round_frames)} frame(s)")
+        elif self.state == "calibrating":
+            self._flat_round_done()
 
     def _analyze(self, f: ExposureComplete, reference: tuple, solve: str = ""):
         msg = AnalyzeFrame(exposure_id=f.exposure_id, camera=f.camera, path=f.path, reference_sources=reference,
-                           urgent=f.image_type in ("pointing", "focus"), solve=solve)
+                           urgent=f.image_type in ("pointing", "focus", "flat"), solve=solve)
         self.in_flight_analysis[f.exposure_id] = msg
         addr = self._address("analysis")
         if addr is not None:
@@ -1377,6 +1427,9 @@ class Supervisor(UnitActor):
         metrics = dict(msg.metrics)
         if analyzed is not None and not analyzed.urgent:      # science frames
             self._cloud_check(msg.camera, metrics, msg.path)
+        flat_camera = self.flat_frames.pop(msg.exposure_id, None)
+        if flat_camera is not None:
+            self._flat_measured(flat_camera, metrics)
         self.to_archive(RecordMetrics(exposure_id=msg.exposure_id, metrics=metrics, drift_px=msg.drift_px))
         if "error" in msg.metrics:
             self.event("error", f"analysis of {Path(msg.path).name} failed: {msg.metrics['error']}")
@@ -1501,9 +1554,185 @@ class Supervisor(UnitActor):
         if self.hold == "park" and now < self.night_end:
             return
         if now >= self.night_end:
-            self.goto("housekeeping", "night over")
+            if self._flats_due(now) == "morning":
+                if self.can_observe() and self.is_safe() and self._held_safe(now) and now >= self.retry_at:
+                    self.goto("calibrating", "morning twilight flats")
+            elif not self._morning_flats_ahead(now):
+                self.goto("housekeeping", "night over")
         elif self.can_observe() and self.is_safe() and self._held_safe(now) and now >= self.retry_at:
             self.goto("ready", "safe again")
+
+    # calibrating: twilight flats, evening and morning (observatory/calibration.py)
+    def sun_limit(self) -> float:
+        """The safety kernel's sun limit: the flats' high limit when flats are on
+        (the roof may open in twilight), else the observing horizon."""
+        cal = self.config.get("calibration") or {}
+        if cal.get("flats"):
+            return max(float(self.horizon), float(cal["flat_sun_high"]))
+        return float(self.horizon)
+
+    def _flat_windows(self):
+        cal = self.config.get("calibration") or {}
+        if not cal.get("flats"):
+            return None
+        from observatory.calibration import flat_window
+        try:
+            return flat_window(self.ephemeris, (self.night_start - 6 * 3600.0, self.night_end + 6 * 3600.0),
+                               high=cal["flat_sun_high"], low=cal["flat_sun_low"])
+        except (ValueError, TypeError) as e:
+            self.event("error", f"no flat windows tonight: {e}")
+            return None
+
+    def _flats_due(self, now) -> str | None:
+        """'evening' or 'morning' while that window is open and its flats not done."""
+        if self.flat_windows is None or not self.cameras():
+            return None
+        which = self.flat_windows.which(now)
+        if which and not self.flat_seqs.get(which, {}).get("done"):
+            return which
+        return None
+
+    def _morning_flats_ahead(self, now) -> bool:
+        w = self.flat_windows
+        return bool(w and w.morning and now < w.morning[0] and self.cameras()
+                    and not self.flat_seqs.get("morning", {}).get("done"))
+
+    def _flat_sequence(self, which: str):
+        state = self.flat_seqs.get(which)
+        if state is None:
+            from observatory.calibration import FlatSequence, FlatSettings
+            cal = self.config["calibration"]
+            settings = FlatSettings(n_flats=cal["n_flats"], target_fraction=cal["flat_target_fraction"],
+                                    tolerance=cal["flat_tolerance"], min_exptime=cal["flat_min_exptime"],
+                                    max_exptime=cal["flat_max_exptime"], initial_exptime=cal["flat_initial_exptime"],
+                                    wait_s=cal["flat_wait"])
+            from simulators.camera import DEFAULT_SETTINGS
+            levels = {}
+            for cam in self.cameras():
+                given = cam.settings.get("settings", {})
+                levels[cam.name] = (float(given.get("bias", DEFAULT_SETTINGS["bias"])),
+                                    float(given.get("saturation_adu", DEFAULT_SETTINGS["saturation_adu"])))
+            state = self.flat_seqs[which] = {"seq": FlatSequence(which, [c.name for c in self.cameras()], settings,
+                                                                 levels), "done": False}
+        return state["seq"]
+
+    def _flat_pointing(self, now, which: str) -> tuple[float, float]:
+        """Away from the sun, near the zenith: east of the meridian in the evening,
+        west in the morning, at the site's declination (a smooth, star-poor sky)."""
+        from observatory.astro import lst_deg
+        ha = float(self.config["calibration"]["flat_hour_angle"]) * (-1.0 if which == "evening" else 1.0)
+        ra = (float(lst_deg(now, self.site["longitude"])) - ha) % 360.0
+        return ra, max(-85.0, min(85.0, float(self.site["latitude"])))
+
+    def _enter_calibrating(self):
+        now = self.clock.now()
+        which = self._flats_due(now)
+        if which is None:
+            self.goto("parking", "no flats due")
+            return
+        self.flat_which = which
+        seq = self._flat_sequence(which)
+        self.flat_next_exptime = seq.exptime
+        self.flat_wait_until, self.flat_round, self.flat_frames = None, None, {}
+        self.event("calibration", f"{which} flats: {seq.settings.n_flats} per camera wanted, "
+                                  f"{sum(seq.kept.values())} kept so far", which=which)
+        self._flats_slew()
+
+    def _flats_slew(self):
+        self.awaiting_dome = False
+        self._open_dome()                 # opens while the mount slews
+        ra, dec = self._flat_pointing(self.clock.now(), self.flat_which)
+        self._mount_command(SlewTo(ra_deg=ra, dec_deg=dec), "slew")
+
+    def _flats_on_target(self):
+        if self.dome_shutter() in (None, "open") and "dome-open" not in self.expect.values():
+            self._flat_exposures(self.flat_next_exptime)
+            return
+        self.awaiting_dome = True
+        self._open_dome()
+        self.set_deadline(self._dome_timeout(), "the dome to open")
+
+    def _flat_exposures(self, exptime: float):
+        from observatory.calibration import sun_alt_trend
+        cams = self.cameras()
+        if not cams:
+            self.goto("parking", "no camera for flats")
+            return
+        now = self.clock.now()
+        sun, trend = float(self.ephemeris.sun_alt(now)), sun_alt_trend(self.ephemeris, now)
+        self.round_index += 1
+        self.round, self.round_frames, self.flat_levels = {}, [], {}
+        self.flat_round = {"exptime": exptime, "start": now, "trend": trend}
+        seq_id = f"{self.night_date}-{self.flat_which}"
+        for cam in cams:
+            image_id = f"{cam.name}_{headers.compact_time(now)}_flat"
+            path = headers.image_path(self.pandir, "flats", cam.name, seq_id, image_id)
+            hdr = headers.observation_header(
+                field="flat", seq_id=seq_id, image_id=image_id, mount=self.mount_status, site=self.site, moon={},
+                config_hash=self.config["config_hash"], decision_id=None, safe=self.is_safe(),
+                unit_name=self.config["name"])
+            hdr.update(self._accessory_header(cam.name))
+            hdr.update(self._ambient_header())
+            hdr["SUNALT"] = (round(sun, 3), "sun altitude at the exposure start [deg]")
+            hdr["SUNRATE"] = (round(trend, 4), "sun altitude change [deg/min]")
+            exposure_id = f"flat-{seq_id}-{self.round_index:04d}-{cam.name}"
+            self.round[cam.name] = exposure_id
+            self.flat_frames[exposure_id] = cam.name
+            self._begin_exposure(cam, exposure_id, exptime, "flat", path, hdr)
+        self._readout_deadline(cams, exptime, "flat exposures")
+
+    def _flat_measured(self, camera: str, metrics: dict) -> None:
+        """A flat's level: the sky background (raw ADU) the analysis measured."""
+        level = metrics.get("background") if "error" not in metrics else None
+        self.flat_levels[camera] = level
+        seq = self.flat_seqs.get(getattr(self, "flat_which", ""), {}).get("seq")
+        if seq is not None and camera in seq.levels:
+            metrics["flat_level_ok"] = seq.level_ok(camera, level)
+        if self.state == "calibrating":
+            self._flat_round_done()
+
+    def _flat_round_done(self) -> None:
+        """Once every frame of the round is in and measured: the next step."""
+        from observatory.calibration import FlatStep
+        if self.state != "calibrating" or self.flat_round is None or self.round:
+            return
+        if any(exposure_id in self.in_flight_analysis for exposure_id in self.flat_frames):
+            self.set_deadline(120.0, "flat levels")
+            return
+        seq = self._flat_sequence(self.flat_which)
+        now, r = self.clock.now(), self.flat_round
+        self.flat_round, self.flat_frames = None, {}
+        levels = {cam: self.flat_levels.get(cam) for cam in seq.cameras}
+        step = seq.record(r["exptime"], levels, r["trend"], now - r["start"] - r["exptime"])
+        shown = ", ".join(f"{c} {v:.0f}" if v is not None else f"{c} -" for c, v in levels.items())
+        self.event("calibration", f"{self.flat_which} flat {r['exptime']:.2f} s: levels {shown} ADU; "
+                                  f"kept {seq.kept}; next: {step.action}"
+                                  + (f" {step.exptime:.2f} s" if step.action != "done" else f" ({step.reason})"),
+                   which=self.flat_which, levels=levels, kept=dict(seq.kept), step=step.action)
+        if step.action != "done" and self._flats_due(now) != self.flat_which:
+            step = FlatStep("done", reason="the twilight window closed")
+        if step.action == "done":
+            self.flat_seqs[self.flat_which]["done"] = True
+            self.goto("parking", f"{self.flat_which} flats done: {step.reason}")
+        elif step.action == "wait":
+            self.flat_next_exptime, self.flat_wait_until = step.exptime, now + step.wait_s
+        else:
+            self._flat_exposures(step.exptime)
+
+    def _tick_calibrating(self, now):
+        if self.round or self.flat_round is not None:
+            return
+        if self.hold in ("park", "pause"):
+            self.goto("parking", f"operator {self.hold}")
+        elif self.flat_which != self._flats_due(now):
+            # The window closed (or the flats are done): what was kept stays kept.
+            self.flat_seqs[self.flat_which]["done"] = True
+            self.event("calibration", f"{self.flat_which} twilight window over: kept "
+                                      f"{self.flat_seqs[self.flat_which]['seq'].kept}")
+            self.goto("parking", f"{self.flat_which} flats over")
+        elif self.flat_wait_until is not None and now >= self.flat_wait_until:
+            self.flat_wait_until = None
+            self._flat_exposures(self.flat_next_exptime)
 
     # housekeeping: the night's summary, then back to sleep
     def _enter_housekeeping(self):
@@ -1540,18 +1769,9 @@ class Supervisor(UnitActor):
                    "CFGHASH": (self.config["config_hash"], ""), "NIGHT": (self.night_date, "")}
             hdr.update(self._accessory_header(cam.name))
             exposure_id = f"cal-{self.night_date}-{self.round_index:04d}-{cam.name}"
-            msg = StartExposure(exposure_id=exposure_id, exptime=exptime, path=str(path), image_type=image_type,
-                                ra_deg=float(self.mount_status.get("ra_deg") or 0.0),
-                                dec_deg=float(self.mount_status.get("dec_deg") or 0.0), header=hdr)
-            started = dict(exposure_id=exposure_id, camera=cam.name, path=str(path), observation_id=None,
-                           image_type=image_type, exptime=exptime, start_unix=now, round_index=self.round_index,
-                           ra_deg=None, dec_deg=None, set_index=0, frame_index=0)
-            self.in_flight_exposures[exposure_id] = started
-            self._journal("exposure_started", **started)
             self.round[cam.name] = exposure_id
-            self._ask(cam.address, msg, "exposure")
-        readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in self.cameras())
-        self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], "calibration frames")
+            self._begin_exposure(cam, exposure_id, exptime, image_type, path, hdr, sky=False)
+        self._readout_deadline(self.cameras(), exptime, "calibration frames")
 
     def _tick_housekeeping(self, now):
         if "summary" in self.expect.values():
@@ -1598,6 +1818,8 @@ class Supervisor(UnitActor):
         self.exposures_done = {}
         self.night_exptimes: set[float] = set()
         self.last_integrated = now
+        self.flat_seqs: dict[str, dict] = {}      # 'evening'/'morning' -> {"seq": FlatSequence, "done"}
+        self.flat_windows = self._flat_windows()
         if getattr(self, "journal", None) is not None:
             from observatory.journal import JournalState
             self.journal.restart(JournalState(night=self.night_date, last_round_index=self.round_index), now)
@@ -1607,6 +1829,8 @@ class Supervisor(UnitActor):
     def receiveMsg_SafetyVerdict(self, msg: SafetyVerdict, sender):
         previous = self.verdict
         self.verdict = msg
+        if msg.ambient_temp_c is not None:
+            self.ambient_temp = msg.ambient_temp_c
         self.verdict_wall = time.time()
         if not msg.weather_safe:
             self.last_unsafe_sim = msg.time_unix
@@ -1652,6 +1876,8 @@ class Supervisor(UnitActor):
         if self.verdict_stale() and not self.table.is_always_safe(self.state):
             self.event("error", "safety verdicts stopped coming: parking")
             self.goto("parking", "safety silent")
+        elif self.state in DARK_STATES and not self.night_start <= now < self.night_end:
+            self.goto("parking", "night over" if now >= self.night_end else "not dark yet")
         handler = getattr(self, f"_tick_{self.state}", None)
         if handler and not self.failure:
             handler(now)
@@ -1763,7 +1989,17 @@ class Supervisor(UnitActor):
             else:
                 self._mount_command(Park(), "park")         # parking is idempotent: ask again
                 self._close_dome()
-        elif self.state == "slewing" and getattr(self, "awaiting_dome", False):
+        elif self.state == "calibrating" and what == "flat exposures":
+            for cam in list(self.round):
+                self.event("error", f"{cam}: no flat within the deadline", camera=cam)
+            self._abort_round()
+            self._flat_round_done()
+        elif self.state == "calibrating" and what == "flat levels":
+            for exposure_id, cam in list(self.flat_frames.items()):
+                self.event("error", f"{cam}: the level of flat {exposure_id} was not measured in time", camera=cam)
+            self.flat_frames = {}
+            self._flat_round_done()
+        elif self.state in ("slewing", "calibrating") and getattr(self, "awaiting_dome", False):
             self.retry_at = self.clock.now() + self.config["observing"]["retry_after_no_target"]
             self.goto("parking", "the dome did not open in time")
         elif self.state == "pointing" and not self.round:
@@ -1923,10 +2159,7 @@ class Supervisor(UnitActor):
             hdr.update(self._accessory_header(cam.name))
             exposure_id = f"picture-{new_request_id()}-{cam.name}"
             self.pictures[exposure_id] = cam.name
-            self._ask(cam.address, StartExposure(
-                exposure_id=exposure_id, exptime=msg.exptime, path=str(path), image_type="science",
-                ra_deg=float(self.mount_status.get("ra_deg") or 0.0),
-                dec_deg=float(self.mount_status.get("dec_deg") or 0.0), header=hdr), "exposure")
+            self._begin_exposure(cam, exposure_id, msg.exptime, "science", path, hdr)
             started[cam.name] = str(path)
         self.event("operator", f"picture of {msg.exptime:g} s on {', '.join(started)}")
         self._reply(msg, sender, paths=started)

@@ -245,6 +245,7 @@ class SafetyVerdict(Message):
     sun_alt_deg: float
     weather_safe: bool
     changed: bool = False
+    ambient_temp_c: float | None = None    # from the last fresh weather reading: headers (AMBTEMP), refocus
 
 
 # --- scheduler -------------------------------------------------------------

@@ -22,7 +22,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 __all__ = ["TWILIGHT_FACTOR_PER_DEG", "FlatExposure", "flat_exposure", "flat_level_ok",
-           "FlatWindows", "flat_window", "sun_alt_trend", "CalibrationStep", "CalibrationPlan"]
+           "FlatWindows", "flat_window", "sun_alt_trend", "FlatSettings", "FlatStep", "FlatSequence",
+           "CalibrationStep", "CalibrationPlan"]
 
 TWILIGHT_FACTOR_PER_DEG = 2.75
 _DAY_S = 86400.0
@@ -297,6 +298,148 @@ def flat_window(sun_alt, night, *, high: float = -3.0, low: float = -10.0, step_
     if evening and morning and morning[1] <= evening[0]:
         morning = None      # a morning before the evening belongs to the previous night
     return FlatWindows(evening, morning, float(high), float(low))
+
+
+# ---------------------------------------------------------------------------
+# A window's flats, frame by frame
+
+
+# No camera is exposed beyond this fraction of its range (bias to saturation).
+SAFE_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class FlatSettings:
+    """What one twilight window's flats aim for (config ``calibration``).
+
+    ``target_fraction`` places the target level between the bias and the
+    saturation level; ``tolerance`` is how far (a fraction of the target's
+    signal) a kept flat may be from it; ``max_failures`` rounds in a row
+    without a usable level end the window."""
+
+    n_flats: int = 5
+    target_fraction: float = 0.45
+    tolerance: float = 0.25
+    min_exptime: float = 0.5
+    max_exptime: float = 60.0
+    initial_exptime: float = 1.0
+    wait_s: float = 60.0
+    max_failures: int = 3
+
+
+@dataclass(frozen=True)
+class FlatStep:
+    """What to do after a flat round: 'expose' ``exptime`` now, 'wait'
+    ``wait_s`` and then expose ``exptime``, or 'done' (``reason`` says why)."""
+
+    action: str
+    exptime: float = 0.0
+    wait_s: float = 0.0
+    reason: str = ""
+
+
+class FlatSequence:
+    """The flats of one twilight window on a set of cameras exposing together.
+
+    ``which`` is 'evening' (the sky darkens: too bright means wait, too dark
+    means over) or 'morning' (the reverse). Each round gives every camera
+    the same exposure time; ``record`` takes the raw median level of each
+    camera's frame (None when it failed), counts the frames whose level is
+    within the tolerance of the target, and says what comes next. The next
+    exposure time aims at the camera with the fewest flats kept so far
+    (cameras differ in sensitivity: they take turns), capped so that no
+    camera goes beyond 90 % of its range.
+    """
+
+    def __init__(self, which: str, cameras: Iterable[str], settings: FlatSettings,
+                 levels: dict[str, tuple[float, float]]):
+        """``levels``: camera -> (bias ADU, saturation ADU)."""
+        if which not in ("evening", "morning"):
+            raise ValueError(f"which must be 'evening' or 'morning', got {which!r}")
+        self.which, self.settings = which, settings
+        self.cameras = list(cameras)
+        if not self.cameras:
+            raise ValueError("flats need at least one camera")
+        self.levels = {}
+        for cam in self.cameras:
+            bias, saturation = levels.get(cam, (0.0, 15000.0))
+            if not saturation > bias:
+                raise ValueError(f"{cam}: saturation {saturation} ADU must be above the bias {bias} ADU")
+            self.levels[cam] = (float(bias), float(saturation))
+        self.kept = {cam: 0 for cam in self.cameras}
+        self.taken = 0
+        self.failures = 0
+        self.exptime = min(max(settings.initial_exptime, settings.min_exptime), settings.max_exptime)
+        self.done_reason = ""
+
+    def target(self, camera: str) -> float:
+        bias, saturation = self.levels[camera]
+        return bias + self.settings.target_fraction * (saturation - bias)
+
+    def level_ok(self, camera: str, level: float | None) -> bool:
+        return level is not None and math.isfinite(level) and \
+            flat_level_ok(level, self.target(camera), self.levels[camera][0], self.settings.tolerance)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.done_reason)
+
+    def _finish(self, reason: str) -> FlatStep:
+        self.done_reason = reason
+        return FlatStep("done", reason=reason)
+
+    def record(self, exptime: float, levels: dict[str, float | None], sun_trend_deg_per_min: float,
+               overhead_s: float) -> FlatStep:
+        """One round's levels (camera -> raw median ADU or None); the next step."""
+        self.taken += 1
+        for cam, level in levels.items():
+            if cam in self.kept and self.level_ok(cam, level):
+                self.kept[cam] += 1
+        if all(n >= self.settings.n_flats for n in self.kept.values()):
+            return self._finish(f"{self.settings.n_flats} flats on every camera")
+        usable = {c: v for c, v in levels.items() if c in self.levels and v is not None and math.isfinite(v)}
+        if not usable:
+            self.failures += 1
+            if self.failures >= self.settings.max_failures:
+                return self._finish(f"{self.failures} rounds without a usable frame")
+            return FlatStep("expose", exptime=self.exptime)
+        self.failures = 0
+        s = self.settings
+        plans = {}
+        for cam, level in usable.items():
+            bias, saturation = self.levels[cam]
+            plans[cam] = flat_exposure(exptime, level, self.target(cam), bias, s.min_exptime, s.max_exptime,
+                                       sun_trend_deg_per_min, overhead_s=max(0.0, overhead_s),
+                                       saturation_adu=saturation)
+        # The camera with the fewest flats kept sets the time (cameras differ in
+        # sensitivity, so they take turns), capped so that no camera saturates.
+        needy = min(plans, key=lambda c: (self.kept[c] >= s.n_flats, self.kept[c], c))
+        nxt = plans[needy]
+        exptime_next = nxt.exptime
+        for cam, plan in plans.items():
+            bias, saturation = self.levels[cam]
+            if plan.status == "saturated":
+                cap = plan.exptime
+            elif math.isfinite(plan.wanted_exptime):
+                cap = plan.wanted_exptime * SAFE_FRACTION * (saturation - bias) / (self.target(cam) - bias)
+            else:
+                continue
+            exptime_next = min(exptime_next, max(cap, s.min_exptime))
+        self.exptime = exptime_next
+        evening = self.which == "evening"
+        if nxt.status == "too_bright":
+            if not evening:
+                return self._finish("the sky is too bright for the shortest exposure")
+            return FlatStep("wait", exptime=s.min_exptime, wait_s=s.wait_s)
+        if nxt.status == "too_dark":
+            if evening:
+                return self._finish("the sky is too dark for the longest exposure")
+            return FlatStep("wait", exptime=s.max_exptime, wait_s=s.wait_s)
+        return FlatStep("expose", exptime=exptime_next)
+
+    def to_dict(self) -> dict:
+        return {"which": self.which, "taken": self.taken, "kept": dict(self.kept),
+                "exptime": self.exptime, "done": self.done_reason}
 
 
 # ---------------------------------------------------------------------------

@@ -272,6 +272,32 @@ class CalibrationConfig(_Section):
     n_bias: int = Field(10, ge=0)
     n_darks: int = Field(5, ge=0, description="per exposure time")
     budget: float = Field(3600.0, gt=0, description="simulated seconds the calibration may take")
+    flats: bool = Field(True, description="twilight flats in the evening and morning windows")
+    flat_sun_high: float = Field(-3.0, ge=-12.0, le=0.0, description="flats begin (evening) or end (morning) "
+                                                                     "with the sun this low [deg]")
+    flat_sun_low: float = Field(-10.0, ge=-18.0, le=-1.0, description="and end (evening) or begin (morning) "
+                                                                      "with the sun this low [deg]")
+    n_flats: int = Field(5, ge=1, description="flats to keep per camera and window")
+    flat_target_fraction: float = Field(0.45, gt=0.05, lt=0.9, description="target level, between bias (0) "
+                                                                          "and saturation (1)")
+    flat_tolerance: float = Field(0.25, gt=0, lt=1, description="a flat is kept within this fraction of "
+                                                                "the target signal")
+    flat_min_exptime: float = Field(0.5, gt=0)
+    flat_max_exptime: float = Field(60.0, gt=0)
+    flat_initial_exptime: float = Field(1.0, gt=0)
+    flat_wait: float = Field(60.0, gt=0, description="simulated seconds to wait when the sky is out of range")
+    flat_hour_angle: float = Field(20.0, ge=0, le=60, description="flats point this far east of the meridian "
+                                                                  "in the evening, west in the morning [deg]")
+
+    @model_validator(mode="after")
+    def _flat_limits(self):
+        if self.flat_sun_low >= self.flat_sun_high:
+            raise ValueError(f"flat_sun_low ({self.flat_sun_low}) must be below flat_sun_high "
+                             f"({self.flat_sun_high})")
+        if self.flat_min_exptime > self.flat_max_exptime:
+            raise ValueError(f"flat_min_exptime ({self.flat_min_exptime}) is above flat_max_exptime "
+                             f"({self.flat_max_exptime})")
+        return self
 
 
 class ChildSupervisionConfig(_Section):

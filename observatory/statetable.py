@@ -7,9 +7,10 @@ from pathlib import Path
 import yaml
 
 # The states the supervisor implements: the PANOPTES states plus focusing
-# (autofocus runs). A table must define each of them, and no other.
+# (autofocus runs) and calibrating (twilight flats). A table must define each
+# of them, and no other.
 STATES = ("sleeping", "ready", "scheduling", "slewing", "pointing", "tracking", "focusing",
-          "observing", "analyzing", "parking", "parked", "housekeeping")
+          "observing", "analyzing", "calibrating", "parking", "parked", "housekeeping")
 
 
 class StateTableError(ValueError):

@@ -30,6 +30,7 @@ def write_config(tmp_path: Path, overrides: dict | None = None, weather: list | 
     cfg["states"] = str(ROOT / "conf" / "states.yaml")
     cfg["scheduler"]["fields_file"] = str(ROOT / "conf" / "fields.yaml")
     cfg["focusers"] = []     # the demo's autofocus costs a minute of a test's night: only where a test asks
+    cfg.setdefault("calibration", {})["flats"] = False    # twilight flats too: only where a test asks
     if weather is not None:
         timeline = tmp_path / "weather.yaml"
         timeline.write_text(yaml.safe_dump(weather))
