@@ -115,6 +115,13 @@ class UnitActor(ActorTypeDispatcher):
             self.wake_in_wall(0.2, f"fault-{msg.kind}", float(p.get("seconds", 3600.0)))
 
     def inject_device_fault(self, kind: str, params: dict) -> None:
+        """Faults of the device behind the actor. 'driver_death': its INDI driver
+        process is killed (drivers.indi_devices.IndiDevice.kill_driver)."""
+        kill = getattr(getattr(self, "driver", None), "kill_driver", None)
+        if kind == "driver_death" and kill is not None:
+            pid = kill()
+            self.log.warning("fault_driver_killed", driver_pid=pid)
+            return
         raise ValueError(f"{self.name} cannot simulate a {kind!r} fault")
 
     def receiveMsg_GetStatus(self, msg: GetStatus, sender):

@@ -73,6 +73,7 @@ class Child:
     last_exit: str = ""                                 # why it was last restarted (for the record)
     last_heartbeat_reply: float = 0.0                   # wall time
     restart_count: int = 0
+    driver_exec: str | None = None                      # an INDI device's driver executable, as it reports it
 
 
 @dataclass
@@ -171,7 +172,6 @@ class Supervisor(UnitActor):
         self.last_status_write = 0.0
         self.failure = None
         self.give_up = None            # set when a vital device is lost: park, then fail
-        self.verdict_wall = 0.0
         self.ambient_temp: float | None = None    # degrees C, from the safety kernel's weather readings
         self.journal = None
         self.resume: dict | None = None
@@ -323,6 +323,9 @@ class Supervisor(UnitActor):
             return
         child.ready, child.pid = True, msg.pid
         child.last_heartbeat_reply = time.time()
+        connected = msg.info.get("connect")
+        if isinstance(connected, dict) and connected.get("driver_exec"):
+            child.driver_exec = str(connected["driver_exec"])
         self.log.info("child_ready", child=child.name, child_pid=msg.pid, epoch=msg.epoch)
         if child.role == "mount":
             self.mount_status = msg.info.get("status", {})
@@ -622,11 +625,13 @@ class Supervisor(UnitActor):
 
     def verdict_stale(self) -> bool:
         """The safety actor speaks at least every minute (simulated) or second (wall);
-        silence well beyond both means it is hung or gone: not safe."""
+        a verdict well older than both means it is hung, gone or held up: not safe.
+        The age is the verdict's own (when it was evaluated), not when it arrived:
+        a verdict delivered late is as stale as one never delivered."""
         if not self.verdict:
             return False
         sim_age = self.clock.now() - self.verdict.time_unix
-        return sim_age > 4 * self.config["safety"]["check_interval"] + 120 and time.time() - self.verdict_wall > 5
+        return sim_age > 4 * self.config["safety"]["check_interval"] + 120 and self.clock.wall_seconds(sim_age) > 5
 
     def is_safe(self) -> bool:
         return bool(self.verdict and self.verdict.safe and not self.verdict_stale())
@@ -1828,10 +1833,11 @@ class Supervisor(UnitActor):
 
     def receiveMsg_SafetyVerdict(self, msg: SafetyVerdict, sender):
         previous = self.verdict
+        if previous is not None and msg.time_unix < previous.time_unix:
+            return                       # overtaken by a newer one (a replaced safety actor's late mail)
         self.verdict = msg
         if msg.ambient_temp_c is not None:
             self.ambient_temp = msg.ambient_temp_c
-        self.verdict_wall = time.time()
         if not msg.weather_safe:
             self.last_unsafe_sim = msg.time_unix
         if previous is None or previous.safe != msg.safe:
@@ -2193,12 +2199,20 @@ class Supervisor(UnitActor):
                    "disconnect": "vanish", "behave": "normal"}
 
     def simulation_mode(self) -> bool:
-        """Every device is simulated: in-process, or at the wire by a simulator run_unit.py started."""
+        """Every device is simulated: in-process, at the wire by a simulator run_unit.py
+        started, or one of INDI's own simulator drivers (as the device reports it)."""
         c, wired = self.config, self.config.get("wire_controls", {})
         devices = [("mount", c["mount"]), ("weather", c["weather"])] + [(d["name"], d) for d in c["cameras"]]
         devices += [(d["name"], d) for d in c.get("focusers", [])]
         devices += [(n, c[n]) for n in ("dome", "filterwheel") if c.get(n)]
-        return all(d.get("driver", "simulator") == "simulator" or name in wired for name, d in devices)
+
+        def simulated(name: str, d: dict) -> bool:
+            driver = d.get("driver", "simulator")
+            if driver == "indi":
+                child = self.children.get(name)
+                return bool(child and (child.driver_exec or "").startswith("indi_simulator_"))
+            return driver == "simulator" or name in wired
+        return all(simulated(name, d) for name, d in devices)
 
     def receiveMsg_InjectFault(self, msg: InjectFault, sender):
         if self._refuse_unless_started(msg, sender):

@@ -33,6 +33,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
+import signal
 import threading
 import time
 import warnings
@@ -70,6 +72,72 @@ def _separation_deg(ra1, dec1, ra2, dec2) -> float:
     r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
     c = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(r1 - r2)
     return math.degrees(math.acos(max(-1.0, min(1.0, c))))
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+SIMULATOR_PREFIX = "indi_simulator_"
+
+
+def _proc_argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _proc_ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _indiserver_port(argv: list[str]) -> int:
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "-p":
+            try:
+                return int(argv[i + 1])
+            except ValueError:
+                return -1
+    return 7624
+
+
+def local_driver_pid(driver_exec: str, device: str, port: int) -> int:
+    """The pid of the INDI driver process ``driver_exec`` that serves ``device``
+    under the indiserver listening on ``port`` on this machine.
+
+    A driver runs several devices' worth of names only through INDIDEV (its
+    environment names the device); without it, the one driver of that
+    executable under the server is it. Raises IndiError when none or more than
+    one process fits."""
+    candidates = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        argv = _proc_argv(pid)
+        if not argv or os.path.basename(argv[0]) != driver_exec:
+            continue
+        parent = _proc_ppid(pid)
+        server = _proc_argv(parent) if parent else []
+        if not server or os.path.basename(server[0]) != "indiserver" or _indiserver_port(server) != port:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            env = {}
+        candidates.append((pid, env.get(b"INDIDEV", b"").decode(errors="replace")))
+    named = [pid for pid, indidev in candidates if indidev == device]
+    plain = [pid for pid, indidev in candidates if not indidev]
+    chosen = named or plain
+    if len(chosen) != 1:
+        raise IndiError(f"{device}: found {len(chosen)} {driver_exec} processes under the indiserver on port "
+                        f"{port} (expected one)")
+    return chosen[0]
 
 
 class IndiDevice:
@@ -163,7 +231,31 @@ class IndiDevice:
         pass
 
     def info(self) -> dict:
-        return {"device": self.device, "server": self.client.address}
+        return {"device": self.device, "server": self.client.address, "driver_exec": self.driver_exec()}
+
+    def driver_exec(self) -> str | None:
+        """The executable of the device's driver, as it reports it (DRIVER_INFO)."""
+        prop = self.client.get(self.device, "DRIVER_INFO")
+        return prop.values.get("DRIVER_EXEC") if prop is not None else None
+
+    def is_simulator(self) -> bool:
+        """The device is one of INDI's own simulators (indi_simulator_*)."""
+        return (self.driver_exec() or "").startswith(SIMULATOR_PREFIX)
+
+    def kill_driver(self) -> int:
+        """Fault injection: SIGKILL the device's driver process, as if it crashed
+        (indiserver restarts it, the device coming back disconnected). Only an
+        INDI simulator, and only under an indiserver on this machine; returns its pid."""
+        exec_name = self.driver_exec()
+        if not (exec_name or "").startswith(SIMULATOR_PREFIX):
+            raise IndiError(f"{self.device}: its driver {exec_name or '(unknown)'} is not an INDI simulator: "
+                            "refusing to kill it")
+        if self.settings["host"] not in LOCAL_HOSTS:
+            raise IndiError(f"{self.device}: its indiserver is on {self.settings['host']}, not this machine")
+        pid = local_driver_pid(exec_name, self.device, self.settings["port"])
+        os.kill(pid, signal.SIGKILL)
+        log.warning("%s: killed its driver %s (pid %d) for fault injection", self.device, exec_name, pid)
+        return pid
 
     def _ready(self) -> None:
         """Before every command: the link is up (reconnecting once if it

@@ -115,7 +115,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("fault", "simulation only: make an actor or simulator misbehave",
             (Arg("target", "str", True, "an actor or simulator name", positional=True),
              Arg("kind", "str", True, "raise, exit, hang, kill, timeout, garbage, disconnect, slow, "
-                                      "disk_full, unsafe, ...", positional=True),
+                                      "disk_full, unsafe, driver_death, ...", positional=True),
              Arg("params", "dict", help="KEY=VALUE ... on the console")),
             usage="fault TARGET KIND [KEY=VALUE ...]"),
 )}

@@ -42,8 +42,8 @@ def error(path: Path) -> str:
 # The shipped table
 # --------------------------------------------------------------------------
 
-def test_shipped_table_has_the_eleven_panoptes_states_and_focusing(table):
-    assert set(STATES) == PANOPTES_STATES | {"focusing"} and len(STATES) == 12
+def test_shipped_table_has_the_eleven_panoptes_states_focusing_and_calibrating(table):
+    assert set(STATES) == PANOPTES_STATES | {"focusing", "calibrating"} and len(STATES) == 13
     assert set(table.transitions) == set(STATES)
     assert set(table.descriptions) == set(STATES)
     assert all(table.descriptions[s] for s in STATES), "every state is described"

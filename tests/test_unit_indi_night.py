@@ -4,8 +4,8 @@ one indiserver, driven by the unit's own actors at speed 1 (INDI devices live
 on the wall clock).
 
 The site is placed so that the night ends a few minutes from now. During it
-one camera's driver is killed in the middle of an exposure (indiserver
-restarts it; the other camera keeps observing; the first comes back), then
+one camera's driver is killed in the middle of an exposure, by the unit's
+own fault injection (`fault cam01 driver_death`; indiserver restarts it; the other camera keeps observing; the first comes back), then
 the whole indiserver dies and returns (the unit stops, parks when it can, and
 resumes once the devices answer). The night ends parked with the dome closed,
 the summary written and run_unit.py exiting 0."""
@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import time
 
 import pytest
 import yaml
 
+from observatory import control
 from observatory.astro import Ephemeris, Site, lst_deg
 from observatory.clock import iso
 from tests.indi_server import SIMULATORS, IndiServer, free_port
@@ -117,7 +117,13 @@ def test_a_night_on_indi_devices_through_driver_and_server_failures(tmp_path):
             unit.wait_for(lambda: _exposure_started_after(unit, "cam01", marker), 30, "a cam01 exposure")
             time.sleep(1.5)                                  # well inside the 6 s exposure
             killed_wall = time.time()
-            os.kill(_pid_with_env(server, "indi_simulator_ccd", b"INDIDEV=CCD Two"), signal.SIGKILL)
+            # Through the unit's own fault injection (INDI simulators count as simulation):
+            # the camera actor finds its driver's process under indiserver and kills it.
+            driver_pid = _pid_with_env(server, "indi_simulator_ccd", b"INDIDEV=CCD Two")
+            reply = control.request(unit.pandir, "fault", {"target": "cam01", "kind": "driver_death"})
+            assert reply["ok"], reply
+            unit.wait_for(lambda: not os.path.exists(f"/proc/{driver_pid}") or
+                          open(f"/proc/{driver_pid}/stat").read().split()[2] == "Z", 10, "cam01's driver killed")
             unit.wait_for(lambda: events("message LIKE 'cam01: %failed%' AND wall_unix > ?", killed_wall),
                           30, "cam01's failure reported")
             assert science_count(unit, "cam00", after=killed_wall) >= 0
