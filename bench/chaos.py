@@ -45,7 +45,7 @@ unsafe and unparked (from the events table)
     counted as a violation (target 0). The kernel's own detection delay (its
     check interval) is not included: the clock starts at the verdict.
 frames lost or corrupt
-    Every *.fits under images/ must open with astropy (header and data,
+    Every *.fits (and *.fits.fz) under images/ must open with astropy (header and data,
     data shape matching NAXISn, finite values) and have exactly one row in
     ``exposures``; every row's file must exist (and open); no ``.*.part``
     file may be left.
@@ -345,7 +345,8 @@ def check_frames(unit: RunningUnit) -> dict:
     import numpy as np
     from astropy.io import fits
     images = unit.pandir / "images"
-    on_disk = {str(p) for p in images.rglob("*.fits")} if images.exists() else set()
+    on_disk = {str(p) for pattern in ("*.fits", "*.fits.fz") for p in images.rglob(pattern)} \
+        if images.exists() else set()
     parts = [str(p) for p in images.rglob(".*.part")] if images.exists() else []
     rows = [p for (p,) in unit.query("SELECT path FROM exposures")]
     duplicates = len(rows) - len(set(rows))
@@ -355,8 +356,9 @@ def check_frames(unit: RunningUnit) -> dict:
         try:
             with fits.open(path, memmap=False) as h:
                 h.verify("exception")
-                data = h[0].data
-                hdr = h[0].header
+                image = h[1] if path.endswith(".fz") else h[0]     # fpack: the image is extension 1
+                data = image.data
+                hdr = image.header
                 shape = tuple(hdr[f"NAXIS{i}"] for i in range(hdr["NAXIS"], 0, -1))
                 if data is None or data.shape != shape or not np.isfinite(np.asarray(data, dtype=float)).all():
                     raise ValueError(f"data {None if data is None else data.shape} != header {shape}")

@@ -7,6 +7,7 @@ also keep the wall-clock time at which they were recorded.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -170,6 +171,23 @@ class Archive:
              _finite(metrics.get("fwhm_px")), _finite(metrics.get("ellipticity")), dx, dy,
              int(bool(metrics.get("cloud_flag"))) if "cloud_flag" in metrics else None,
              json.dumps(metrics, default=str), exposure_id))
+        if metrics.get("compressed_path") and metrics.get("compressed_from"):
+            self.record_compressed(exposure_id, metrics["compressed_from"], metrics["compressed_path"])
+
+    def record_compressed(self, exposure_id: str, old_path: str, new_path: str) -> bool:
+        """The analysis actor rewrote a frame as a verified ``.fits.fz`` (images.compress):
+        the record moves to it, as a frame deleted by retention moves to its copy.
+        Only from the plain frame it was made from (a record sent again later must
+        not undo a later move) and only to a file that exists. The plain frame is
+        removed by the analysis actor once it sees this row name the new file."""
+        row = self.db.execute("SELECT path FROM exposures WHERE id=?", (exposure_id,)).fetchone()
+        if row is None or row[0] != old_path or not os.path.isfile(new_path):
+            return False
+        try:
+            self.relocate_exposure(old_path, new_path)
+        except sqlite3.IntegrityError:
+            return False           # another row already names that file: leave both as they are
+        return True
 
     def record_decision(self, decision_id: str, time_unix: float, winner, reason: str, decision: dict) -> None:
         self.db.execute("INSERT OR IGNORE INTO decisions(id, time, winner, reason, data) VALUES (?,?,?,?,?)",

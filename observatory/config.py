@@ -267,6 +267,13 @@ class RetentionConfig(_Section):
     verify_copy: bool = Field(True, description="compare size and SHA-256 before trusting a copy")
 
 
+class ImagesConfig(_Section):
+    """How frames are kept on disk under $PANDIR/images (docs/configuration.md, `images`)."""
+    compress: Literal["none", "rice"] = Field("none", description="rice: each frame, once analysed, is rewritten "
+                                                                  "as a lossless tile-compressed .fits.fz (fpack's "
+                                                                  "format) and its record moved to it")
+
+
 class CalibrationConfig(_Section):
     darks: bool = Field(True, description="bias and darks in housekeeping, for the night's exposure times")
     n_bias: int = Field(10, ge=0)
@@ -347,6 +354,7 @@ class UnitConfig(_Section):
     supervision: SupervisionConfig = SupervisionConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     retention: RetentionConfig = RetentionConfig()
+    images: ImagesConfig = ImagesConfig()
     hosts: dict[str, HostConfig] = Field(default_factory=dict,
                                          description="member hosts by name (docs/multihost.md)")
 

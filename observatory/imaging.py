@@ -1,5 +1,5 @@
-"""Image files and quick-look measurements: atomic FITS writing, source
-extraction with sep (background, star count, FWHM, ellipticity) and the
+"""Image files and quick-look measurements: atomic FITS writing, lossless
+fpack-style compression (``.fits.fz``), source extraction with sep (background, star count, FWHM, ellipticity) and the
 pixel drift between two frames.
 
 Pure functions, no actor code. Images travel between processes as file paths,
@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,17 @@ from astropy.io import fits
 
 __all__ = [
     "ImageError",
+    "CompressionError",
+    "CompressedFrame",
     "FrameMetrics",
     "as_fits_header",
     "write_fits_atomic",
+    "write_wcs",
     "read_image",
+    "read_header",
+    "compress_frame",
+    "remove_plain",
+    "find_twins",
     "measure_frame",
     "measure_drift",
 ]
@@ -91,9 +99,16 @@ def write_fits_atomic(path: str | os.PathLike, data: np.ndarray,
     ``(value, comment)`` tuples; non-finite floats are written as undefined.
     Returns the final path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     hdu = fits.PrimaryHDU(data=np.asarray(data), header=as_fits_header(header))
+    return _write_atomic(Path(path), hdu)
+
+
+def _write_atomic(path: Path, hdus, verify=None) -> Path:
+    """Write an HDU (or HDUList) to a hidden temporary beside ``path``
+    (``.<name>.<random>.part``), fsync it, call ``verify(temporary path)`` if
+    given (it raises to refuse the file), rename it over ``path`` and fsync the
+    directory. On any failure the temporary is removed and ``path`` is as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         # mkstemp creates 0600; archive and analysis readers may be other users.
@@ -101,38 +116,46 @@ def write_fits_atomic(path: str | os.PathLike, data: np.ndarray,
         with os.fdopen(fd, "wb") as stream:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-                hdu.writeto(stream)
+                hdus.writeto(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        if verify is not None:
+            verify(Path(tmp_name))
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    # The rename is only durable once the directory entry itself is on disk.
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    """A rename or unlink is only durable once the directory entry itself is on disk."""
     with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    return path
 
 
 def write_wcs(path: str | os.PathLike, solution) -> Path:
     """Add a plate solution's WCS (and where it came from) to a frame's header.
     The file is rewritten atomically, like every frame: a crash leaves the
-    frame as it was, never half-updated."""
+    frame as it was, never half-updated. A compressed frame (``.fits.fz``)
+    stays compressed, verified like ``compress_frame``'s."""
     data, header = read_image(path)
-    header = header.copy()
-    for key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE"):
-        header.remove(key, ignore_missing=True)     # the data's own layout is written afresh
+    header = _without_layout(header)     # the data's own layout is written afresh
     for key, value in solution.wcs_header.items():
         header[key] = value
     header["SOLVED"] = (True, "WCS from a plate solve")
     header["SOLVEMTH"] = (solution.method, "plate solver: fast or solve-field")
     header["SOLVNMAT"] = (int(solution.n_matched), "stars matched to the catalogue")
     header["SOLVRMS"] = (round(float(solution.rms_arcsec), 3), "[arcsec] RMS of the match")
+    if is_compressed(path):
+        _write_compressed(Path(path), data, header, label=str(path))
+        return Path(path)
     return write_fits_atomic(path, data, header)
 
 
@@ -141,7 +164,8 @@ def write_wcs(path: str | os.PathLike, solution) -> Path:
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
-    """The first 2-D image in a FITS file and its header.
+    """The first 2-D image in a FITS file and its header (for a ``.fits.fz``,
+    the compressed image in extension 1, decompressed).
 
     Raises ImageError (naming the file) for a missing or unreadable file, a
     file that is not FITS, a file without image data, or an image that is not
@@ -167,6 +191,260 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
     if data.ndim != 2:
         raise ImageError(f"{path}: expected a 2-D image, got shape {data.shape}")
     return data, header
+
+
+def read_header(path: str | os.PathLike) -> fits.Header:
+    """The header of a frame's image: the primary header of a plain FITS file,
+    extension 1's image header of a ``.fits.fz`` (whose primary header is
+    empty). The pixels are not read. Raises ImageError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found" if not path.exists() else f"{path}: not a regular file")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            for hdu in hdul:
+                if getattr(hdu, "is_image", False) and hdu.header.get("NAXIS", 0):
+                    return hdu.header.copy()
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise ImageError(f"{path}: not a readable FITS file ({exc})") from exc
+    raise ImageError(f"{path}: no image in any HDU")
+
+
+# ---------------------------------------------------------------------------
+# Compression: the fpack format (tile-compressed FITS, ``.fits.fz``)
+
+#: ``images.compress`` values: "none" keeps frames as written, "rice" rewrites
+#: each analysed frame as ``<name>.fits.fz``.
+COMPRESSION_CHOICES = ("none", "rice")
+COMPRESSED_SUFFIX = ".fz"
+# Layout keywords: written afresh from the data whatever the file's form
+# (primary HDU, image extension, or the compressed table behind a .fits.fz).
+_LAYOUT_KEYS = frozenset({"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND",
+                          "PCOUNT", "GCOUNT", "BZERO", "BSCALE"})
+
+
+class CompressionError(ImageError):
+    """A frame could not be compressed (or its compressed form did not verify).
+    The message names the file; the original frame is untouched."""
+
+
+@dataclass(frozen=True)
+class CompressedFrame:
+    """What ``compress_frame`` did. ``source`` still exists: it is removed
+    (``remove_plain``) only once the exposure's record names ``path``."""
+
+    source: Path
+    path: Path
+    algorithm: str            # RICE_1 (integer pixels) or GZIP_2 (floating point, lossless)
+    source_bytes: int
+    compressed_bytes: int
+    seconds: float            # read, compress, write, fsync, read back and compare
+
+    @property
+    def ratio(self) -> float:
+        """Original size over compressed size (2.0: half the disk)."""
+        return self.source_bytes / self.compressed_bytes if self.compressed_bytes else math.inf
+
+    def to_dict(self) -> dict:
+        """For the frame's figures (exposures.metrics): the archive moves the
+        record from ``compressed_from`` to ``compressed_path``."""
+        return {"compressed_path": str(self.path), "compressed_from": str(self.source),
+                "compress_algorithm": self.algorithm, "compress_ratio": round(self.ratio, 3),
+                "compress_seconds": round(self.seconds, 3)}
+
+
+def is_compressed(path: str | os.PathLike) -> bool:
+    return str(path).endswith(COMPRESSED_SUFFIX)
+
+
+def compressed_path(path: str | os.PathLike) -> Path:
+    """``x.fits`` -> ``x.fits.fz`` (fpack's naming)."""
+    return Path(f"{path}{COMPRESSED_SUFFIX}")
+
+
+def plain_path(path: str | os.PathLike) -> Path:
+    """``x.fits.fz`` -> ``x.fits``; a plain path is returned as it is."""
+    text = str(path)
+    return Path(text[:-len(COMPRESSED_SUFFIX)] if is_compressed(text) else text)
+
+
+def _without_layout(header: fits.Header) -> fits.Header:
+    header = header.copy()
+    for key in _LAYOUT_KEYS:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    return header
+
+
+def _read_frame_strictly(path: Path) -> tuple[np.ndarray, fits.Header]:
+    """The one image of a plain single-HDU frame, refusing anything that is not
+    exactly that: astropy only warns about a truncated file (and may pad it),
+    which must never be compressed as if it were the frame."""
+    if not path.exists():
+        raise CompressionError(f"{path}: file not found; nothing compressed")
+    if not path.is_file():
+        raise CompressionError(f"{path}: not a regular file; nothing compressed")
+    failure = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                if len(hdul) != 1 or hdul[0].data is None:
+                    raise CompressionError(f"{path}: not a single-image frame ({len(hdul)} HDU(s)); "
+                                           "left uncompressed")
+                data = np.array(hdul[0].data)          # a copy that outlives the file
+                header = hdul[0].header.copy()
+        except CompressionError:
+            raise
+        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+            failure = exc
+    damage = [str(w.message).splitlines()[0] for w in caught
+              if "truncat" in str(w.message).lower() or "corrupt" in str(w.message).lower()]
+    if damage:
+        raise CompressionError(f"{path}: truncated or damaged FITS file ({damage[0]}); left uncompressed")
+    if failure is not None:
+        raise CompressionError(f"{path}: not a readable FITS file ({type(failure).__name__}: {failure}); "
+                               "left uncompressed") from failure
+    if data.ndim != 2:
+        raise CompressionError(f"{path}: expected a 2-D image, got shape {data.shape}; left uncompressed")
+    return data, header
+
+
+def _compression_hdus(data: np.ndarray, header: fits.Header) -> tuple[fits.HDUList, str]:
+    """fpack's layout: an empty primary HDU, the image tile-compressed (one
+    tile per row) as a binary table in extension 1. RICE_1 is lossless for
+    integer pixels; floating-point pixels, which RICE_1 would quantise (lossy),
+    and 64-bit integers, which it cannot take, get GZIP_2 without quantisation."""
+    if data.dtype.kind in "ui" and data.dtype.itemsize <= 4:
+        algorithm, options = "RICE_1", {}
+    else:
+        algorithm, options = "GZIP_2", {"quantize_level": 0}
+    hdu = fits.CompImageHDU(data=data, header=_without_layout(header), compression_type=algorithm, **options)
+    return fits.HDUList([fits.PrimaryHDU(), hdu]), algorithm
+
+
+def _header_cards(header: fits.Header) -> list[tuple[str, object]]:
+    return [(card.keyword, card.value) for card in header.cards if card.keyword not in _LAYOUT_KEYS]
+
+
+def _same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit for bit (NaN payloads included), whatever the byte order."""
+    if a.shape != b.shape or a.dtype.kind != b.dtype.kind or a.dtype.itemsize != b.dtype.itemsize:
+        return False
+    native = a.dtype.newbyteorder("=")
+    return np.array_equal(np.ascontiguousarray(a, dtype=native).view(np.uint8),
+                          np.ascontiguousarray(b, dtype=native).view(np.uint8))
+
+
+def _verify_compressed(written: Path, data: np.ndarray, header: fits.Header, algorithm: str, label: str) -> None:
+    """Read a freshly written .fits.fz back: fpack's layout, the same pixels bit
+    for bit, the same header cards. Raises CompressionError naming ``label``."""
+    def refuse(why: str) -> CompressionError:
+        return CompressionError(f"{label}: the compressed copy did not verify ({why}); the original is kept")
+
+    try:
+        with fits.open(written, memmap=False, disable_image_compression=True) as raw:
+            if len(raw) != 2 or raw[0].header.get("NAXIS") != 0 or not isinstance(raw[1], fits.BinTableHDU) \
+                    or raw[1].header.get("ZIMAGE") is not True or raw[1].header.get("ZCMPTYPE") != algorithm:
+                raise refuse("not an empty primary HDU and a compressed image table")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(written, memmap=False) as hdul:
+                back, back_header = hdul[1].data, hdul[1].header
+                if back is None or not _same_pixels(data, back):
+                    raise refuse(f"pixels differ: {data.dtype}{data.shape} written, "
+                                 f"{None if back is None else f'{back.dtype}{back.shape}'} read back")
+                if _header_cards(back_header) != _header_cards(header):
+                    lost = {k for k, _ in _header_cards(header)} ^ {k for k, _ in _header_cards(back_header)}
+                    raise refuse(f"header differs{f' (keywords {sorted(lost)[:5]})' if lost else ''}")
+        if caught:
+            raise refuse(f"astropy warned: {str(caught[0].message).splitlines()[0]}")
+    except CompressionError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise refuse(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _write_compressed(target: Path, data: np.ndarray, header: fits.Header, label: str) -> str:
+    """Write ``target`` (a .fits.fz) atomically; it replaces an older one only
+    once the new one has been read back and verified. Returns the algorithm."""
+    hdus, algorithm = _compression_hdus(data, header)
+    try:
+        _write_atomic(target, hdus, verify=lambda tmp: _verify_compressed(tmp, data, header, algorithm, label))
+    except CompressionError:
+        raise
+    except (OSError, ValueError, TypeError) as exc:
+        raise CompressionError(f"{label}: cannot write {target.name} ({type(exc).__name__}: {exc}); "
+                               "the original is kept") from exc
+    return algorithm
+
+
+def compress_frame(path: str | os.PathLike, method: str = "rice") -> CompressedFrame:
+    """Rewrite the plain frame ``path`` (``x.fits``) as ``x.fits.fz`` in fpack's
+    format, lossless, and verify it.
+
+    The compressed file is written under a temporary name beside the frame,
+    fsynced, read back and compared with the frame (pixels bit for bit, every
+    header card), and only then renamed into place (then the directory is
+    fsynced). The frame itself is NOT removed: the caller removes it with
+    ``remove_plain`` once the exposure's record names the new file, so that
+    the record and the files agree at every moment a crash could come.
+    An existing ``x.fits.fz`` (from an attempt cut short) is replaced.
+
+    Raises CompressionError naming the file when the frame is missing,
+    unreadable, truncated, not a single 2-D image, or when the compressed
+    copy does not verify; nothing is left behind and the frame is untouched.
+    """
+    if method not in COMPRESSION_CHOICES or method == "none":
+        raise ValueError(f"compression method must be 'rice', got {method!r}")
+    t0 = time.perf_counter()
+    path = Path(path)
+    if is_compressed(path):
+        raise CompressionError(f"{path}: already compressed")
+    data, header = _read_frame_strictly(path)
+    source_bytes = path.stat().st_size
+    target = compressed_path(path)
+    algorithm = _write_compressed(target, data, header, label=str(path))
+    return CompressedFrame(source=path, path=target, algorithm=algorithm, source_bytes=source_bytes,
+                           compressed_bytes=target.stat().st_size, seconds=time.perf_counter() - t0)
+
+
+def remove_file(path: str | os.PathLike) -> bool:
+    """Unlink ``path`` durably (the directory is fsynced); False if it was already gone."""
+    path = Path(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    _fsync_directory(path.parent)
+    return True
+
+
+def remove_plain(plain: str | os.PathLike, compressed: str | os.PathLike | None = None) -> bool:
+    """Remove a plain frame whose compressed twin is now the recorded one.
+    Refuses (CompressionError, nothing removed) when the twin is missing: a
+    frame is never removed without its compressed copy. False if the plain
+    frame was already gone."""
+    compressed = Path(compressed) if compressed is not None else compressed_path(plain)
+    if not compressed.is_file():
+        raise CompressionError(f"{plain}: its compressed copy {compressed} is missing; the frame is kept")
+    return remove_file(plain)
+
+
+def find_twins(images_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(plain, compressed) pairs under ``images_dir`` where both ``x.fits`` and
+    ``x.fits.fz`` exist: compressions cut short before the plain frame was
+    removed. Hidden files (temporaries) are ignored."""
+    out = []
+    for root, dirs, files in os.walk(images_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names = set(files)
+        for name in sorted(files):
+            if name.startswith(".") or not is_compressed(name):
+                continue
+            plain = name[:-len(COMPRESSED_SUFFIX)]
+            if plain in names:
+                out.append((Path(root) / plain, Path(root) / name))
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -16,8 +16,11 @@ and (with ``verify_copy``, the default) the same SHA-256. With no
 Frames are the FITS files under ``$PANDIR/images`` (layout
 ``images/<field>/<camera>/<sequence>/<image>.fits``; also ``.fit``, ``.fts``,
 ``.fits.fz``, ``.fits.gz``). Hidden files (``.name...``, such as the
-temporaries of a frame being written) are never touched. A frame's copy is
-``<archive_dir>/<path relative to $PANDIR/images>``.
+temporaries of a frame being written) are never touched. A frame being
+compressed (``images.compress``: both ``x.fits`` and ``x.fits.fz`` exist
+until the exposure's record has moved to ``x.fits.fz`` and the analysis actor
+has removed ``x.fits``) is left alone, both files, until it is one file again.
+A frame's copy is ``<archive_dir>/<path relative to $PANDIR/images>``.
 
 A frame's time is the ``start_unix`` of its row in the ``exposures`` table of
 ``$PANDIR/db/unit.sqlite`` (matched by path), else the file's modification
@@ -109,6 +112,17 @@ def _is_frame(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(FRAME_SUFFIXES)
 
 
+def _in_compression(name: str, names: set[str]) -> bool:
+    """``x.fits`` beside ``x.fits.fz`` (or the other way round): a compression
+    not yet settled. Which of the two is the frame is for the record to say."""
+    return f"{name}.fz" in names or (name.endswith(".fz") and name[:-3] in names)
+
+
+def _has_twin(path: Path) -> bool:
+    text = str(path)
+    return os.path.exists(f"{text}.fz") or (text.endswith(".fz") and os.path.exists(text[:-3]))
+
+
 def _exposure_times(pandir: Path, images: Path) -> dict[str, float]:
     """Relative path under images/ -> start_unix, from the exposures table."""
     db = pandir / "db" / "unit.sqlite"
@@ -161,8 +175,9 @@ def list_frames(pandir: str | os.PathLike) -> list[Frame]:
     frames = []
     for root, dirs, files in os.walk(images):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names = set(files)
         for name in sorted(files):
-            if not _is_frame(name):
+            if not _is_frame(name) or _in_compression(name, names):
                 continue
             path = Path(root) / name
             try:
@@ -342,7 +357,8 @@ def apply(deletions: list[Deletion]) -> int:
 
     Just before each deletion the frame must still have the size and
     modification time it had when planned, and its copy must still exist
-    with that size; a frame that fails this is kept. A frame already gone is
+    with that size, and it must not have a compressed twin (a compression
+    begun since the plan); a frame that fails this is kept. A frame already gone is
     skipped. If any frame was kept, RetentionError is raised after the others
     are done (``.path``: the first kept frame, ``.freed``: the bytes freed).
     """
@@ -355,6 +371,9 @@ def apply(deletions: list[Deletion]) -> int:
             continue
         if st.st_size != d.size or st.st_mtime_ns != d.mtime_ns:
             kept.append((d.path, "the frame changed since the plan"))
+            continue
+        if _has_twin(d.path):
+            kept.append((d.path, "it is being compressed (its .fits.fz twin appeared since the plan)"))
             continue
         try:
             copy_size = os.stat(d.copy).st_size
