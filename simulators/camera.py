@@ -9,6 +9,13 @@ The sky is a deterministic function of position (``SkyCatalog``), not of the
 frame, so two frames a few pixels apart in pointing show the same stars
 shifted: drift measurement, pointing correction and plate solving can be
 tested against the true pointing, which the header carries as SIM-RA/SIM-DEC.
+
+With the setting ``sky_model`` on, the sky background of a frame whose
+header gives the site (LAT-OBS, LONG-OBS) follows the real sun and moon at
+the frame's time: a dark sky brightening with airmass, moonlight after
+Krisciunas & Schaefer (1991) and twilight (``SimulatedCamera.sky_brightness``).
+The sun and moon come from low-precision closed formulas (``sky_geometry``),
+not astropy: well under a millisecond an exposure.
 """
 from __future__ import annotations
 
@@ -29,7 +36,8 @@ from observatory.clock import SimClock, iso
 from observatory.imaging import as_fits_header, write_fits_atomic
 
 __all__ = ["CameraError", "SimulatedCamera", "SkyCatalog", "tan_project", "tan_offset",
-           "DEFAULT_SETTINGS", "IMAGE_TYPES", "CATALOGS"]
+           "DEFAULT_SETTINGS", "IMAGE_TYPES", "CATALOGS", "SkyGeometry", "SkyBrightness",
+           "sky_geometry", "ks_airmass", "moonlight_nl", "nl_from_v_mag", "v_mag_from_nl"]
 
 MODEL = "simulated DSLR"
 
@@ -64,14 +72,27 @@ DEFAULT_SETTINGS: dict = {
     # Twilight sky of 'flat' frames given SUNALT: see SimulatedCamera.twilight_rate.
     "twilight_factor_per_deg": 2.75,
     "twilight_ref_sun_alt_deg": -6.0,
+    # Sky of sky frames from the sun and moon given LAT-OBS/LONG-OBS (off
+    # by default): see SimulatedCamera.sky_brightness.
+    "sky_model": False,
+    "sky_dark_mag_arcsec2": 21.6,
+    "sky_extinction_k": 0.172,
 }
 
 # Header keys the camera reads from the caller's header (see SimulatedCamera).
 FOCUS_KEY, AMBTEMP_KEY, SUNALT_KEY, SUNRATE_KEY = "FOCUSPOS", "AMBTEMP", "SUNALT", "SUNRATE"
+LAT_KEY, LON_KEY, ELEV_KEY = "LAT-OBS", "LONG-OBS", "ELEV-OBS"
 # The twilight model's exponential is held flat above this sun altitude.
 _TWILIGHT_TOP_DEG = 0.0
 # Samples of the sun altitude across one flat exposure (its mean brightness).
 _TWILIGHT_SAMPLES = 64
+# Sky frames see twilight only with the sun above this altitude (the end of
+# astronomical twilight).
+_TWILIGHT_BOTTOM_DEG = -18.0
+# The night-sky model is averaged over an exposure at one sample per this
+# many seconds (at least 1, at most _SKY_MAX_SAMPLES).
+_SKY_SAMPLE_S = 30.0
+_SKY_MAX_SAMPLES = 16
 
 # Skies the ``catalog`` setting chooses between.
 CATALOGS = ("random", "tycho2")
@@ -238,6 +259,203 @@ def _pixel_gaussian(offsets: np.ndarray, sigma: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
+# Sun, moon and the brightness of the night sky
+#
+# Positions: the low-precision formulas of the Astronomical Almanac (sun to
+# about 0.01 degree, moon to about 0.3 degree, 1950-2050), ecliptic of date,
+# taken to J2000 by removing the general precession in longitude (the slow
+# motion of the ecliptic itself, 47"/century, is neglected). Checked against
+# astropy's get_body in tests/test_camera_sky.py. Altitudes are geometric (no
+# refraction), as the unit's SUNALT.
+
+_UNIX_EPOCH_JD = 2440587.5
+_J2000_JD = 2451545.0
+_DELTA_T_S = 69.0                     # TT - UT1 in the 2020s; 69 s moves the moon 0.01 deg
+_OBLIQUITY_J2000_DEG = 23.4392911
+_PRECESSION_DEG_PER_CENTURY = 1.396971
+_EARTH_RADIUS_KM = 6378.137
+_EARTH_POLAR_RATIO = 0.99664719       # b/a of the WGS84 ellipsoid
+_AU_KM = 149597870.7
+_MOON_MEAN_DISTANCE_KM = 384400.0
+
+
+def _sin_d(a: float) -> float:
+    return math.sin(math.radians(a))
+
+
+def _cos_d(a: float) -> float:
+    return math.cos(math.radians(a))
+
+
+def _direction(lon_deg: float, lat_deg: float) -> tuple[float, float, float]:
+    cos_lat = _cos_d(lat_deg)
+    return cos_lat * _cos_d(lon_deg), cos_lat * _sin_d(lon_deg), _sin_d(lat_deg)
+
+
+def _rotate_x(v: tuple[float, float, float], angle_deg: float) -> tuple[float, float, float]:
+    c, s = _cos_d(angle_deg), _sin_d(angle_deg)
+    return v[0], c * v[1] - s * v[2], s * v[1] + c * v[2]
+
+
+def _rotate_z(v: tuple[float, float, float], angle_deg: float) -> tuple[float, float, float]:
+    c, s = _cos_d(angle_deg), _sin_d(angle_deg)
+    return c * v[0] - s * v[1], s * v[0] + c * v[1], v[2]
+
+
+def _scaled(v, k: float) -> tuple[float, float, float]:
+    return v[0] * k, v[1] * k, v[2] * k
+
+
+def _angle_deg(a, b) -> float:
+    """Angle between two vectors (any lengths), robust at 0 and 180."""
+    cross = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+    return math.degrees(math.atan2(math.sqrt(cross[0] ** 2 + cross[1] ** 2 + cross[2] ** 2),
+                                   a[0] * b[0] + a[1] * b[1] + a[2] * b[2]))
+
+
+@dataclass(frozen=True)
+class SkyGeometry:
+    """Where the sun and moon are for one observer, time and pointing (degrees)."""
+    sun_alt_deg: float
+    moon_alt_deg: float           # topocentric
+    target_alt_deg: float
+    moon_sep_deg: float           # topocentric moon to target
+    moon_phase_deg: float         # Sun-Moon-observer angle: 0 full, 180 new
+    moon_distance_km: float       # from the observer
+    moon_ra_deg: float            # topocentric, J2000
+    moon_dec_deg: float
+
+
+def sky_geometry(unix: float, ra_deg: float, dec_deg: float, latitude_deg: float,
+                 longitude_deg: float, elevation_m: float = 0.0) -> SkyGeometry:
+    """The sun and moon seen from a site (geodetic, east longitude) at Unix
+    time ``unix`` (UTC), and a J2000 target (ra_deg, dec_deg)."""
+    d_ut = float(unix) / 86400.0 + _UNIX_EPOCH_JD - _J2000_JD
+    n = d_ut + _DELTA_T_S / 86400.0                  # days from J2000.0, TT
+    t = n / 36525.0
+    obliquity = 23.439 - 0.0000004 * n
+    to_j2000_ecliptic = -_PRECESSION_DEG_PER_CENTURY * t
+
+    def ecliptic_of_date_to_j2000(v):
+        return _rotate_x(_rotate_z(v, to_j2000_ecliptic), _OBLIQUITY_J2000_DEG)
+
+    # Sun: geocentric, km.
+    mean_lon = 280.460 + 0.9856474 * n
+    g = 357.528 + 0.9856003 * n
+    sun_lon = mean_lon + 1.915 * _sin_d(g) + 0.020 * _sin_d(2.0 * g)
+    sun_au = 1.00014 - 0.01671 * _cos_d(g) - 0.00014 * _cos_d(2.0 * g)
+    sun = _scaled(ecliptic_of_date_to_j2000(_direction(sun_lon, 0.0)), sun_au * _AU_KM)
+
+    # Moon: geocentric, km.
+    moon_lon = (218.32 + 481267.881 * t
+                + 6.29 * _sin_d(135.0 + 477198.87 * t) - 1.27 * _sin_d(259.3 - 413335.36 * t)
+                + 0.66 * _sin_d(235.7 + 890534.22 * t) + 0.21 * _sin_d(269.9 + 954397.74 * t)
+                - 0.19 * _sin_d(357.5 + 35999.05 * t) - 0.11 * _sin_d(186.5 + 966404.03 * t))
+    moon_lat = (5.13 * _sin_d(93.3 + 483202.02 * t) + 0.28 * _sin_d(228.2 + 960400.89 * t)
+                - 0.28 * _sin_d(318.3 + 6003.15 * t) - 0.17 * _sin_d(217.6 - 407332.21 * t))
+    parallax = (0.9508 + 0.0518 * _cos_d(135.0 + 477198.87 * t) + 0.0095 * _cos_d(259.3 - 413335.36 * t)
+                + 0.0078 * _cos_d(235.7 + 890534.22 * t) + 0.0028 * _cos_d(269.9 + 954397.74 * t))
+    moon = _scaled(ecliptic_of_date_to_j2000(_direction(moon_lon, moon_lat)),
+                   _EARTH_RADIUS_KM / _sin_d(parallax))
+
+    # Observer: zenith direction and geocentric position, equator of date -> J2000.
+    lst = 280.46061837 + 360.98564736629 * d_ut + float(longitude_deg)     # mean sidereal time
+
+    def equator_of_date_to_j2000(v):
+        return ecliptic_of_date_to_j2000(_rotate_x(v, -obliquity))
+
+    lat = float(latitude_deg)
+    zenith = equator_of_date_to_j2000(_direction(lst, lat))
+    u = math.atan(_EARTH_POLAR_RATIO * math.tan(math.radians(lat)))
+    height = float(elevation_m) / (_EARTH_RADIUS_KM * 1000.0)
+    rho_cos = math.cos(u) + height * _cos_d(lat)
+    rho_sin = _EARTH_POLAR_RATIO * math.sin(u) + height * _sin_d(lat)
+    observer = equator_of_date_to_j2000(_scaled((rho_cos * _cos_d(lst), rho_cos * _sin_d(lst), rho_sin),
+                                                _EARTH_RADIUS_KM))
+    moon_topo = (moon[0] - observer[0], moon[1] - observer[1], moon[2] - observer[2])
+    target = _direction(float(ra_deg), float(dec_deg))
+
+    def altitude(v):
+        return 90.0 - _angle_deg(v, zenith)
+
+    moon_to_sun = (sun[0] - moon[0], sun[1] - moon[1], sun[2] - moon[2])
+    return SkyGeometry(
+        sun_alt_deg=altitude(sun),
+        moon_alt_deg=altitude(moon_topo),
+        target_alt_deg=altitude(target),
+        moon_sep_deg=_angle_deg(moon_topo, target),
+        moon_phase_deg=_angle_deg(moon_to_sun, _scaled(moon_topo, -1.0)),
+        moon_distance_km=math.sqrt(moon_topo[0] ** 2 + moon_topo[1] ** 2 + moon_topo[2] ** 2),
+        moon_ra_deg=math.degrees(math.atan2(moon_topo[1], moon_topo[0])) % 360.0,
+        moon_dec_deg=90.0 - _angle_deg(moon_topo, (0.0, 0.0, 1.0)),
+    )
+
+
+# Krisciunas & Schaefer (1991), PASP 103, 1033: "A model of the brightness of
+# moonlight". Surface brightness in nanolamberts (nL), V band.
+
+def nl_from_v_mag(v_mag: float) -> float:
+    """Surface brightness in nL of V mag/arcsec^2 (K&S eq. 1)."""
+    return 34.08 * math.exp(20.7233 - 0.92104 * float(v_mag))
+
+
+def v_mag_from_nl(b_nl: float) -> float:
+    """V mag/arcsec^2 of a surface brightness in nL (K&S eq. 1 inverted)."""
+    return (20.7233 - math.log(float(b_nl) / 34.08)) / 0.92104
+
+
+def ks_airmass(zenith_deg: float) -> float:
+    """K&S eq. 3, X = (1 - 0.96 sin^2 Z)^-1/2: the airmass of a scattering
+    layer, finite (5) at the horizon; Z is held at 90 below it."""
+    z = min(abs(float(zenith_deg)), 90.0)
+    return 1.0 / math.sqrt(1.0 - 0.96 * _sin_d(z) ** 2)
+
+
+def moonlight_nl(phase_deg: float, separation_deg: float, moon_zenith_deg: float,
+                 target_zenith_deg: float, k: float,
+                 moon_distance_km: float = _MOON_MEAN_DISTANCE_KM) -> float:
+    """Sky brightness (nL) the moon adds at a target, after K&S (1991).
+
+    - the moon's illuminance outside the atmosphere, in foot-candles
+      (eq. 8; phase angle alpha in degrees, 0 full, 180 new):
+      I* = 10^(-0.4 (3.84 + 0.026 |alpha| + 4e-9 alpha^4)),
+      times (mean distance / distance)^2 (K&S use the mean distance);
+    - the scattering function of the angle rho between moon and target
+      (eqs. 17, 18, 21), Rayleigh plus Mie:
+      f(rho) = 10^5.36 (1.06 + cos^2 rho) + 10^(6.15 - rho/40),
+      the Mie part being 6.2e7 / rho^2 within 10 degrees of the moon;
+    - moonlight dimmed on the way down and scattered along the line of sight
+      (eq. 15): B = f(rho) I* 10^(-0.4 k X(Z_moon)) (1 - 10^(-0.4 k X(Z))),
+      X from ``ks_airmass``, k the extinction in mag per airmass.
+
+    0 with the moon below the horizon (moon_zenith_deg >= 90). The
+    opposition surge (up to 35% brighter within 7 degrees of full) and
+    eclipses are not modelled.
+    """
+    if moon_zenith_deg >= 90.0:
+        return 0.0
+    alpha = abs(float(phase_deg))
+    illuminance = 10.0 ** (-0.4 * (3.84 + 0.026 * alpha + 4e-9 * alpha ** 4))
+    illuminance *= (_MOON_MEAN_DISTANCE_KM / float(moon_distance_km)) ** 2
+    rho = max(float(separation_deg), 0.25)           # inside the moon's disc: its edge
+    rayleigh = 10.0 ** 5.36 * (1.06 + _cos_d(rho) ** 2)
+    mie = 10.0 ** (6.15 - rho / 40.0) if rho >= 10.0 else 6.2e7 / rho ** 2
+    return ((rayleigh + mie) * illuminance * 10.0 ** (-0.4 * k * ks_airmass(moon_zenith_deg))
+            * (1.0 - 10.0 ** (-0.4 * k * ks_airmass(target_zenith_deg))))
+
+
+@dataclass(frozen=True)
+class SkyBrightness:
+    """The modelled sky of one exposure (``SimulatedCamera.sky_brightness``)."""
+    rate: float                   # e-/s/px, mean over the exposure
+    dark_rate: float              # e-/s/px of the moonless, sunless sky at that airmass
+    moon_rate: float              # e-/s/px of moonlight
+    twilight_rate: float          # e-/s/px of twilight
+    v_mag: float                  # the total as V mag/arcsec^2 on the dark sky's scale (nan if undefined)
+    geometry: SkyGeometry         # at mid-exposure
+
+
+# ---------------------------------------------------------------------------
 # The camera
 
 
@@ -258,6 +476,8 @@ class _Exposure:
     # Focus position, ambient temperature, sun altitude... read from the
     # caller's header (keyword arguments of SimulatedCamera.render).
     conditions: dict = field(default_factory=dict)
+    # The modelled night sky (from the header's site), set by _run.
+    sky: SkyBrightness | None = None
     abort: threading.Event = field(default_factory=threading.Event)
     # Set once the file is being written: from then on abort is too late.
     committed: bool = False
@@ -285,7 +505,9 @@ class SimulatedCamera:
     - ``read_noise_e`` (10.0): read noise in electrons RMS.
     - ``gain_e_per_adu`` (1.5): electrons per ADU.
     - ``saturation_adu`` (15000): stored values are clipped here (14-bit-ish).
-    - ``sky_e_per_s_per_px`` (20.0): sky background rate, dark-site DSLR.
+    - ``sky_e_per_s_per_px`` (20.0): sky background rate, dark-site DSLR:
+      the moonless sky at the zenith with the sun below -18 degrees when
+      the sky model applies (below), the rate of every sky frame otherwise.
     - ``dark_e_per_s_per_px`` (0.02): dark current.
     - ``flat_e_per_s_per_px`` (10000.0): illumination of 'flat' frames.
     - ``fwhm_px`` (2.2): FWHM of the Gaussian star images in pixels.
@@ -328,6 +550,20 @@ class SimulatedCamera:
       (-6.0): the twilight sky of 'flat' frames whose header gives the sun
       altitude as SUNALT; see ``twilight_rate``. Without SUNALT a flat is
       lit at ``flat_e_per_s_per_px`` as before.
+    - ``sky_model`` (False): True gives sky frames (science, pointing,
+      focus) whose header has the site (LAT-OBS, LONG-OBS; ELEV-OBS, else
+      0 m) the sky of the real sun and moon at the exposure's time and true
+      pointing (``sky_brightness``): dark sky with airmass, moonlight after
+      Krisciunas & Schaefer (1991), twilight. False, or a header without the
+      site: the constant ``sky_e_per_s_per_px`` as before. Off by default
+      because a bright moon is 10-60 times the dark sky, and at the default
+      ``sky_e_per_s_per_px`` a 120 s frame saturates its background at
+      about 8 times it (the whole full-moon night of the unit tests would).
+    - ``sky_dark_mag_arcsec2`` (21.6): the V surface brightness that
+      ``sky_e_per_s_per_px`` stands for (a dark site; K&S's Mauna Kea zenith
+      is 21.59), so that moonlight is added on the same scale; 15-24.
+    - ``sky_extinction_k`` (0.172): V extinction, mag per airmass (K&S's
+      Mauna Kea value); 0-2.
 
     Frames: north up (+y), east left (-x) (turned by ``rotation_deg``),
     centred on the requested pointing plus the pointing error (0-based
@@ -421,6 +657,14 @@ class SimulatedCamera:
         if s["twilight_factor_per_deg"] <= 1.0 or s["twilight_ref_sun_alt_deg"] > _TWILIGHT_TOP_DEG:
             raise CameraError(f"{self.name}: need twilight_factor_per_deg > 1 and "
                               f"twilight_ref_sun_alt_deg <= {_TWILIGHT_TOP_DEG}")
+        if not isinstance(s["sky_model"], bool):
+            raise CameraError(f"{self.name}: setting sky_model must be true or false, got {s['sky_model']!r}")
+        for key, low, high in (("sky_dark_mag_arcsec2", 15.0, 24.0), ("sky_extinction_k", 0.0, 2.0)):
+            value = s[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CameraError(f"{self.name}: setting {key} must be a number, got {value!r}")
+            if not low <= value <= high:
+                raise CameraError(f"{self.name}: setting {key} must be within [{low}, {high}], got {value}")
 
     def _make_pointing_error(self) -> tuple[float, float]:
         """(east, north) degrees of the systematic pointing error."""
@@ -490,6 +734,65 @@ class SimulatedCamera:
             relative = factor ** (min(h0, _TWILIGHT_TOP_DEG) - ref)
         return float(s["flat_e_per_s_per_px"]) * relative + float(s["sky_e_per_s_per_px"])
 
+    def sky_brightness(self, start_unix: float, exptime: float, ra_deg: float, dec_deg: float,
+                       latitude_deg: float, longitude_deg: float, elevation_m: float = 0.0
+                       ) -> SkyBrightness:
+        """The sky of a sky frame pointed at J2000 (ra_deg, dec_deg), from
+        ``start_unix`` for ``exptime`` seconds, at a site (degrees, east
+        longitude, metres), in e-/s/px: the sum of
+
+        - dark sky: ``sky_e_per_s_per_px * X 10^(-0.4 k (X - 1))`` (K&S eq. 2),
+          X = ``ks_airmass`` of the target's zenith distance, k =
+          ``sky_extinction_k``: 1 at the zenith, about 1.7 at 30 degrees
+          altitude;
+        - moonlight: ``moonlight_nl`` (K&S) over the dark zenith sky's
+          brightness in nL (``sky_dark_mag_arcsec2`` through K&S eq. 1),
+          times ``sky_e_per_s_per_px``; 0 with the moon down;
+        - twilight, with the sun above -18 degrees: the flats' twilight sky
+          (``twilight_rate`` without its night sky), less its value at -18
+          (so it starts from 0 there), times the same airmass gradient as
+          the dark sky. Uniform in azimuth: no brighter towards the sun.
+
+        Averaged over the exposure (one sample per 30 s, at most 16).
+        ``v_mag`` expresses the total on the dark sky's scale.
+        """
+        s = self.settings
+        exptime = max(0.0, float(exptime))
+        n = min(_SKY_MAX_SAMPLES, max(1, math.ceil(exptime / _SKY_SAMPLE_S)))
+        dark = moon = twilight = 0.0
+        for i in range(n):
+            geo = sky_geometry(float(start_unix) + (i + 0.5) / n * exptime, ra_deg, dec_deg,
+                               latitude_deg, longitude_deg, elevation_m)
+            parts = self._sky_parts(geo)
+            dark, moon, twilight = dark + parts[0] / n, moon + parts[1] / n, twilight + parts[2] / n
+        mid = geo if n == 1 else sky_geometry(float(start_unix) + exptime / 2.0, ra_deg, dec_deg,
+                                              latitude_deg, longitude_deg, elevation_m)
+        rate = dark + moon + twilight
+        zenith = float(s["sky_e_per_s_per_px"])
+        v_mag = (float(s["sky_dark_mag_arcsec2"]) - 2.5 * math.log10(rate / zenith)
+                 if zenith > 0 and rate > 0 else math.nan)
+        return SkyBrightness(rate=rate, dark_rate=dark, moon_rate=moon, twilight_rate=twilight,
+                             v_mag=v_mag, geometry=mid)
+
+    def _sky_parts(self, geo: SkyGeometry) -> tuple[float, float, float]:
+        """(dark, moon, twilight) e-/s/px of one ``SkyGeometry``."""
+        s = self.settings
+        zenith = float(s["sky_e_per_s_per_px"])
+        k = float(s["sky_extinction_k"])
+        target_zd = 90.0 - geo.target_alt_deg
+        x = ks_airmass(target_zd)
+        gradient = x * 10.0 ** (-0.4 * k * (x - 1.0))
+        moon_nl = moonlight_nl(geo.moon_phase_deg, geo.moon_sep_deg, 90.0 - geo.moon_alt_deg,
+                               target_zd, k, geo.moon_distance_km)
+        moon = zenith * moon_nl / nl_from_v_mag(float(s["sky_dark_mag_arcsec2"]))
+        twilight = 0.0
+        if geo.sun_alt_deg > _TWILIGHT_BOTTOM_DEG:
+            factor, ref = float(s["twilight_factor_per_deg"]), float(s["twilight_ref_sun_alt_deg"])
+            h = min(geo.sun_alt_deg, _TWILIGHT_TOP_DEG)
+            twilight = (float(s["flat_e_per_s_per_px"]) * gradient
+                        * (factor ** (h - ref) - factor ** (_TWILIGHT_BOTTOM_DEG - ref)))
+        return zenith * gradient, moon, twilight
+
     def conditions_from_header(self, header: Mapping | fits.Header | None,
                                image_type: str = "science") -> dict:
         """The ``render`` keyword arguments a caller's header asks for.
@@ -500,7 +803,11 @@ class SimulatedCamera:
         with the focus model on; SUNALT (sun altitude at the exposure start,
         deg) and SUNRATE (deg per minute) for flats. A key that is missing
         or undefined is ignored; one that is not a finite number is a
-        CameraError.
+        CameraError. With ``sky_model`` on, for sky frames: LAT-OBS and
+        LONG-OBS (degrees, east positive; both or the sky stays constant)
+        and ELEV-OBS (metres, else 0) as ``site``, which ``start_exposure``
+        turns into the sky rate (``sky_brightness``) at the exposure's time
+        and true pointing.
         """
         fits_header = header if isinstance(header, fits.Header) else as_fits_header(header)
         out: dict = {}
@@ -512,6 +819,14 @@ class SimulatedCamera:
             out["sun_alt_deg"] = self._header_number(fits_header, SUNALT_KEY)
             if out["sun_alt_deg"] is not None:
                 out["sun_rate_deg_per_min"] = self._header_number(fits_header, SUNRATE_KEY)
+        if self.settings["sky_model"] and image_type in _SKY_TYPES:
+            lat = self._header_number(fits_header, LAT_KEY)
+            lon = self._header_number(fits_header, LON_KEY)
+            if lat is not None and lon is not None:
+                if not -90.0 <= lat <= 90.0:
+                    raise CameraError(f"{self.name}: header {LAT_KEY} must be within [-90, 90], got {lat}")
+                elev = self._header_number(fits_header, ELEV_KEY)
+                out["site"] = (lat, lon, 0.0 if elev is None else elev)
         return {k: v for k, v in out.items() if v is not None}
 
     def _header_number(self, header: fits.Header, key: str) -> float | None:
@@ -705,9 +1020,14 @@ class SimulatedCamera:
         try:
             # Rendered while "exposing", so at moderate clock speeds the
             # frame is ready when the simulated readout ends.
+            conditions = dict(exposure.conditions)
+            site = conditions.pop("site", None)
+            if site is not None:
+                exposure.sky = self.sky_brightness(exposure.start_unix, exposure.exptime,
+                                                   exposure.true_ra_deg, exposure.true_dec_deg, *site)
+                conditions["sky_e_per_s_per_px"] = exposure.sky.rate
             data = self.render(exposure.exptime, exposure.true_ra_deg, exposure.true_dec_deg,
-                               exposure.image_type, noise_seed=exposure.index,
-                               **exposure.conditions)
+                               exposure.image_type, noise_seed=exposure.index, **conditions)
             if not self._wait_until(exposure.end_unix, exposure.abort):
                 return
             with self._lock:
@@ -780,6 +1100,17 @@ class SimulatedCamera:
             own["SIM-SKYR"] = (self.twilight_rate(c["sun_alt_deg"], c.get("sun_rate_deg_per_min", 0.0),
                                                   exposure.exptime),
                                "[e-/s/px] simulated twilight sky rate")
+        if exposure.sky is not None:
+            sky, geo = exposure.sky, exposure.sky.geometry
+            own["SIM-SKYR"] = (round(sky.rate, 4), "[e-/s/px] simulated sky rate (dark+moon+twilight)")
+            if math.isfinite(sky.v_mag):
+                own["SIM-SKYV"] = (round(sky.v_mag, 3), "[mag/arcsec2] simulated sky, V equivalent")
+            own["SIM-SKYM"] = (round(sky.moon_rate, 4), "[e-/s/px] moonlight part of SIM-SKYR")
+            own["SIM-SKYT"] = (round(sky.twilight_rate, 4), "[e-/s/px] twilight part of SIM-SKYR")
+            own["SIM-SUNA"] = (round(geo.sun_alt_deg, 3), "[deg] sun altitude, mid-exposure (sim)")
+            own["SIM-MOOA"] = (round(geo.moon_alt_deg, 3), "[deg] moon altitude, mid-exposure (sim)")
+            own["SIM-MOOS"] = (round(geo.moon_sep_deg, 3), "[deg] moon-frame separation (sim)")
+            own["SIM-MOOP"] = (round(geo.moon_phase_deg, 3), "[deg] moon phase angle, 0 full (sim)")
         header.update(as_fits_header(own))
         return header
 
@@ -794,8 +1125,8 @@ class SimulatedCamera:
     def render(self, exptime: float, ra_deg: float, dec_deg: float,
                image_type: str = "science", noise_seed: int = 0, *,
                focus_position: float | None = None, ambient_temp_c: float | None = None,
-               sun_alt_deg: float | None = None, sun_rate_deg_per_min: float | None = None
-               ) -> np.ndarray:
+               sun_alt_deg: float | None = None, sun_rate_deg_per_min: float | None = None,
+               sky_e_per_s_per_px: float | None = None) -> np.ndarray:
         """The uint16 frame (height x width) an exposure would produce, centred
         exactly on (ra_deg, dec_deg) (no pointing error: ``start_exposure``
         adds it, see ``true_pointing``).
@@ -804,13 +1135,16 @@ class SimulatedCamera:
         focus model is on (``psf_fwhm_px``); ``sun_alt_deg`` (and
         ``sun_rate_deg_per_min``) light a 'flat' with the twilight sky
         (``twilight_rate``). ``start_exposure`` takes them from the header
-        (``conditions_from_header``).
+        (``conditions_from_header``). ``sky_e_per_s_per_px`` replaces the
+        setting of that name as the sky rate of a sky frame (``start_exposure``
+        passes the modelled sky, ``sky_brightness(...).rate``).
         """
         s = self.settings
         is_bias = image_type == "bias"
         level = 0.0 if is_bias else float(s["dark_e_per_s_per_px"]) * exptime
         if image_type in _SKY_TYPES:
-            level += float(s["sky_e_per_s_per_px"]) * exptime
+            sky = s["sky_e_per_s_per_px"] if sky_e_per_s_per_px is None else sky_e_per_s_per_px
+            level += float(sky) * exptime
         elif image_type == "flat":
             if sun_alt_deg is None:
                 level += float(s["flat_e_per_s_per_px"]) * exptime
