@@ -25,14 +25,23 @@ background mesh, extraction at 5 sigma on the whole frame; the pixel stack
 has to be raised to 2M or sep fails on a full frame) plus a median half-flux
 diameter, and a plain sqlite3 INSERT committed per frame (rollback journal).
 
+Compression (``images.compress: rice``), after the stages above and outside
+their sums: ``observatory.imaging.compress_frame`` on the frame just written
+(read it, RICE_1 tile compression, write the .fits.fz under a temporary name,
+fsync, read it back and compare pixels and header, rename), then
+``read_image`` of the .fits.fz (decompression). ``--no-compress`` skips it.
+
 Prints a table (median and p90 per stage, milliseconds), then as the LAST
 line one JSON object: {"frame_px", "frames", "render_ms", "write_ms",
 "read_ms", "measure_ms", "db_ms", "total_ms", "pipeline_ms", "p90": {...},
 "baseline_write_ms", "baseline_read_ms", "baseline_measure_ms",
 "baseline_db_ms", "baseline_total_ms", "baseline_pipeline_ms", "n_stars",
-"fwhm_px", "file_mb", "peak_rss_mb", "dir"}. Medians per stage; total_ms is
-the median of the per-frame sums (render included), pipeline_ms the same
-without render (what a real camera's frame costs the unit).
+"fwhm_px", "file_mb", "peak_rss_mb", "dir", "compress_ms",
+"compress_p90_ms", "compress_read_ms", "compressed_file_mb",
+"compress_ratio"}. Medians per stage; total_ms is the median of the
+per-frame sums (render included), pipeline_ms the same without render (what
+a real camera's frame costs the unit). compress_ratio is the median of
+plain size / compressed size.
 """
 from __future__ import annotations
 
@@ -60,7 +69,7 @@ from messages import RecordExposure  # noqa: E402
 from observatory import headers  # noqa: E402
 from observatory.archive import Archive  # noqa: E402
 from observatory.clock import SimClock  # noqa: E402
-from observatory.imaging import measure_frame, read_image, write_fits_atomic  # noqa: E402
+from observatory.imaging import compress_frame, measure_frame, read_image, write_fits_atomic  # noqa: E402
 from simulators.camera import DEFAULT_SETTINGS, SimulatedCamera  # noqa: E402
 
 STAGES = ("render", "write", "read", "measure", "db")
@@ -121,6 +130,20 @@ def ours(camera, data, header, index, start_unix, exptime, ra, dec, workdir: Pat
     return {"times": times, "metrics": metrics, "path": path}
 
 
+def compression(path: Path, original: np.ndarray) -> dict:
+    """compress_frame (verified .fits.fz, the plain frame kept), then reading it back."""
+    t = time.perf_counter()
+    done = compress_frame(path)
+    compress_s = time.perf_counter() - t
+    t = time.perf_counter()
+    back, _ = read_image(done.path)
+    read_s = time.perf_counter() - t
+    if not np.array_equal(back, original):
+        raise SystemExit(f"{done.path}: the compressed frame does not read back as the original")
+    return {"compress": compress_s, "read": read_s, "ratio": done.ratio, "mb": done.compressed_bytes / 1e6,
+            "path": done.path}
+
+
 def naive(data, header, index, start_unix, exptime, workdir: Path, db: sqlite3.Connection) -> dict:
     times = {}
     path = workdir / f"naive_{index:04d}.fits"
@@ -170,6 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", help="where to write frames and databases (default: a new temporary directory)")
     ap.add_argument("--no-baseline", action="store_true", help="only our pipeline")
     ap.add_argument("--keep", action="store_true", help="keep the files")
+    ap.add_argument("--no-compress", action="store_true", help="skip the compression measurement")
     args = ap.parse_args(argv)
     if args.frames < 1:
         ap.error("--frames must be >= 1")
@@ -183,7 +207,7 @@ def main(argv=None) -> int:
                      " exptime REAL, background REAL, n_stars INTEGER, hfd REAL)")
     naive_db.commit()
 
-    rows, base_rows, stars, fwhms, file_mb = [], [], [], [], []
+    rows, base_rows, stars, fwhms, file_mb, packed = [], [], [], [], [], []
     try:
         # Warm-up (imports, first-touch allocations, sep and astropy caches) on a small frame.
         warm = SimulatedCamera("warm", {"width": 256, "height": 256}, SimClock.starting_now())
@@ -204,6 +228,10 @@ def main(argv=None) -> int:
                     stars.append(r["metrics"].n_stars)
                     fwhms.append(r["metrics"].fwhm_px)
                     file_mb.append(r["path"].stat().st_size / 1e6)
+                    if not args.no_compress:
+                        packed.append(compression(r["path"], data))
+                        if not args.keep:
+                            packed[-1]["path"].unlink()
                     if not args.keep:
                         r["path"].unlink()
                 elif not args.no_baseline:
@@ -213,7 +241,9 @@ def main(argv=None) -> int:
                         b["path"].unlink()
             del data
             print(f"  frame {i + 1}: " + " ".join(f"{k} {1000 * v:.0f}" for k, v in rows[-1].items())
-                  + f" ms; {stars[-1]} stars, FWHM {fwhms[-1]:.2f} px", file=sys.stderr)
+                  + f" ms; {stars[-1]} stars, FWHM {fwhms[-1]:.2f} px"
+                  + (f"; compress {1000 * packed[-1]['compress']:.0f} ms, x{packed[-1]['ratio']:.2f}"
+                     if packed else ""), file=sys.stderr)
     finally:
         archive.close()
         naive_db.close()
@@ -243,6 +273,11 @@ def main(argv=None) -> int:
                 b = [r[stage] for r in base_rows]
             line += f"{ms(b):>18.1f}{ms90(b):>10.1f}"
         print(line)
+    if packed:
+        print(f"{'compress':<10}{ms([p['compress'] for p in packed]):>12.1f}"
+              f"{ms90([p['compress'] for p in packed]):>10.1f}   (read .fits.fz "
+              f"{ms([p['read'] for p in packed]):.1f} ms; {statistics.median(p['mb'] for p in packed):.1f} MB, "
+              f"ratio {statistics.median(p['ratio'] for p in packed):.2f})")
     print(f"peak RSS {peak_rss_mb():.0f} MB; {statistics.median(stars):.0f} stars a frame; "
           f"file {statistics.median(file_mb):.1f} MB")
 
@@ -262,6 +297,12 @@ def main(argv=None) -> int:
     summary["file_mb"] = round(statistics.median(file_mb), 1)
     summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
     summary["dir"] = str(workdir)
+    if packed:
+        summary["compress_ms"] = ms([p["compress"] for p in packed])
+        summary["compress_p90_ms"] = ms90([p["compress"] for p in packed])
+        summary["compress_read_ms"] = ms([p["read"] for p in packed])
+        summary["compressed_file_mb"] = round(statistics.median(p["mb"] for p in packed), 1)
+        summary["compress_ratio"] = round(statistics.median(p["ratio"] for p in packed), 3)
     print(json.dumps(summary))
     return 0
 
