@@ -174,6 +174,7 @@ class Supervisor(UnitActor):
         self.give_up = None            # set when a vital device is lost: park, then fail
         self.ambient_temp: float | None = None    # degrees C, from the safety kernel's weather readings
         self.journal = None
+        self.journal_failing = False
         self.resume: dict | None = None
         self.in_flight_exposures: dict[str, dict] = {}   # exposure id -> what was journaled when it started
         self.focus_runs: dict[str, dict] = {}     # focuser -> {"af": Autofocus, "camera", "position"} while focusing
@@ -196,7 +197,8 @@ class Supervisor(UnitActor):
                   dict(c["safety"], weather_timeline=c["weather"]["timeline"],
                        timeline_start_unix=self.clock.start_unix, sun_horizon=self.sun_limit())),
                  ("scheduler", "scheduler", SchedulerActor, c["scheduler"]),
-                 ("analysis", "analysis", AnalysisActor, {"solve_timeout": c["observing"]["solve_timeout"]}),
+                 ("analysis", "analysis", AnalysisActor, {"solve_timeout": c["observing"]["solve_timeout"],
+                                                          "compress": c["images"]["compress"]}),
                  ("mount", "mount", MountActor, c["mount"])]
         specs += [(cam["name"], "camera", CameraActor, cam) for cam in c["cameras"]]
         if c.get("dome"):
@@ -278,8 +280,21 @@ class Supervisor(UnitActor):
     def _journal(self, kind: str, **data) -> None:
         if kind == "exposure_done":
             self.in_flight_exposures.pop(data["exposure_id"], None)
-        if self.journal is not None:
+        if self.journal is None:
+            return
+        try:
             self.journal.write(kind, self.clock.now(), **data)
+        except OSError as e:
+            # A full disk: the unit goes on (frames cannot be written either), but
+            # says once that a crash now would not be resumed exactly.
+            if not self.journal_failing:
+                self.journal_failing = True
+                self.event("error", f"the night journal cannot be written ({e}): a restart now would not "
+                                    "resume exactly", error=str(e))
+            return
+        if self.journal_failing:
+            self.journal_failing = False
+            self.event("journal", "the night journal is written again")
 
     def _resume_observation(self) -> bool:
         r, self.resume = self.resume, None
@@ -1827,7 +1842,10 @@ class Supervisor(UnitActor):
         self.flat_windows = self._flat_windows()
         if getattr(self, "journal", None) is not None:
             from observatory.journal import JournalState
-            self.journal.restart(JournalState(night=self.night_date, last_round_index=self.round_index), now)
+            try:
+                self.journal.restart(JournalState(night=self.night_date, last_round_index=self.round_index), now)
+            except OSError as e:        # a full disk: the old journal goes on (replay reads the night from it)
+                self.event("error", f"the night journal could not be started afresh: {e}", error=str(e))
 
     # ------------------------------------------------------------ safety
 
@@ -2075,8 +2093,12 @@ class Supervisor(UnitActor):
         path = Path(self.pandir) / "run" / "status.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".status.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.status(), indent=1, default=str))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(self.status(), indent=1, default=str))
+            os.replace(tmp, path)
+        except OSError as e:            # a full disk: the last status stays; the control socket still answers
+            tmp.unlink(missing_ok=True)
+            self.log.warning("status_not_written", error=str(e))
 
     # ------------------------------------------------------------ operator commands
 

@@ -9,6 +9,7 @@ array).
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import tempfile
@@ -116,7 +117,17 @@ def _write_atomic(path: Path, hdus, verify=None) -> Path:
         with os.fdopen(fd, "wb") as stream:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-                hdus.writeto(stream)
+                try:
+                    hdus.writeto(stream)
+                except AttributeError as exc:
+                    # astropy's free-space check, handling the OSError of a full disk
+                    # while writing to a stream, fails itself: raise the real error.
+                    cause = exc.__context__
+                    if isinstance(cause, OSError):
+                        if cause.errno:
+                            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from cause
+                        raise OSError(errno.ENOSPC, f"No space left on device? ({cause})", str(path)) from cause
+                    raise
             stream.flush()
             os.fsync(stream.fileno())
         if verify is not None:

@@ -23,6 +23,7 @@ do with what it finds.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -46,30 +47,51 @@ class Journal:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        # Unbuffered: a line is either written with one write() or cut back.
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, kind: str, time_unix: float, **data) -> None:
+        """Append one line and fsync it. On a write error (a full disk) the file
+        is cut back to where it was, so no torn line is left in the middle of
+        it, and OSError is raised for the caller to report."""
         line = json.dumps({"kind": kind, "time_unix": time_unix, "wall_unix": time.time(), **data},
                           default=str, separators=(",", ":"))
-        self._file.write(line + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        raw = (line + "\n").encode()
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = os.write(self._fd, raw)
+            if written != len(raw):
+                raise OSError(errno.ENOSPC, f"journal line cut short ({written} of {len(raw)} bytes)")
+            os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise
 
     def restart(self, state: JournalState, time_unix: float) -> None:
         """Begin a fresh file holding only what is still open (a new night,
         or after a resume): the journal never grows beyond a night."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for entry in _entries_for(state, time_unix):
-                f.write(json.dumps(entry, default=str, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self._file.close()
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for entry in _entries_for(state, time_unix):
+                    f.write(json.dumps(entry, default=str, separators=(",", ":")) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(self._fd)
         os.replace(tmp, self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._fd = self._open()
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 def replay(path: str | os.PathLike) -> JournalState:

@@ -6,6 +6,7 @@ Every process appends whole lines with O_APPEND, so lines never interleave.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,9 +20,20 @@ class _LineAppender:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.dropped = 0
 
     def msg(self, message: str) -> None:
-        os.write(self._fd, (message + "\n").encode())
+        # A log line must never stop the work it describes: on a full disk (or
+        # any write error) the line is counted as dropped, and the next line
+        # that can be written says how many were lost.
+        try:
+            if self.dropped:
+                os.write(self._fd, (json.dumps({"event": "log_lines_dropped", "count": self.dropped,
+                                                "level": "error"}) + "\n").encode())
+                self.dropped = 0
+            os.write(self._fd, (message + "\n").encode())
+        except OSError:
+            self.dropped += 1
 
     log = debug = info = warning = warn = error = critical = exception = msg
 

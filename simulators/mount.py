@@ -450,7 +450,12 @@ class SimulatedMount:
     def _save_state(self) -> None:
         if self.state_file is None:
             return
-        _write_json_atomic(self.state_file, self._state_document())
+        # The simulated hardware goes on moving when its state cannot be saved
+        # (a full disk): only a restart of the simulator would forget it.
+        try:
+            _write_json_atomic(self.state_file, self._state_document())
+        except OSError as exc:
+            log.warning("mount state not saved to %s: %s", self.state_file, exc)
 
     def _load_state(self) -> None:
         path = self.state_file
@@ -488,8 +493,12 @@ def _write_json_atomic(path: Path, document: dict) -> None:
     """Write so that a crash leaves either the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(document, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(document, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from astropy.io import fits
 
 from actors.analysis import settle_twins
@@ -23,8 +22,6 @@ from tests.unit_runner import RunningUnit
 ROOT = Path(__file__).resolve().parent.parent
 DARK_START = "2026-11-24T08:00:00"     # 22:00 at Mauna Loa: dark, fields up
 
-# The unit passes images.compress to the analysis actor from actors/supervisor.py.
-SUPERVISOR_PASSES_IT = 'c["images"]' in (ROOT / "actors" / "supervisor.py").read_text()
 
 
 def frames_on_disk(images: Path) -> set[str]:
@@ -41,8 +38,6 @@ def science_compressed(unit: RunningUnit) -> int:
     return rows[0][0] if rows else 0
 
 
-@pytest.mark.skipif(not SUPERVISOR_PASSES_IT, reason="actors/supervisor.py does not pass images.compress "
-                                                     "to the analysis actor yet")
 def test_frames_end_compressed_and_records_match_files_one_for_one(tmp_path):
     unit = RunningUnit(tmp_path, start=DARK_START, speed=120, overrides={"images.compress": "rice"})
     try:
