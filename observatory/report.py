@@ -2,15 +2,23 @@
 
     python -m observatory.report --night 2026-11-23 [--pandir P] [--config conf/unit.yaml]
                                  [--site-lat D --site-lon D --site-elev M --horizon D]
-                                 [--start ISO --end ISO] [--out-dir DIR]
+                                 [--site-json JSON] [--start ISO --end ISO]
+                                 [--start-unix S --end-unix S] [--out-dir DIR] [--json]
 
 writes ``$PANDIR/reports/<night>/report.html`` with three PNG plots beside it
 (``timeline.png``, ``altitude.png``, ``breakdown.png``) and prints the path of
-the HTML. The page is self-contained: no script, no web font, no address
-outside the directory. ``report_data`` returns the numbers behind it.
+the HTML (with ``--json``: one JSON object, ``{"path": ..., "error": null}``
+or ``{"path": null, "error": "Type: message"}``). The page is self-contained:
+no script, no web font, no address outside the directory. ``report_data``
+returns the numbers behind it. Every file is written under a temporary name
+and renamed into place.
 
 Pure: reads the database (read-only) and writes files; no actor, no clock.
 matplotlib (Agg, without pyplot) and astropy are imported only when needed.
+The archive actor makes each night's report in a process of its own (this
+command, with ``--json`` and ``--parent-pid``), so that the long-lived actor
+never loads matplotlib (about 15 MB of libraries and 2.5 MB of heap that
+would stay for the life of the process).
 
 The night and its window
 ------------------------
@@ -610,10 +618,39 @@ def _time_axis(ax, data):
     ax.set_xlabel("UTC")
 
 
+def _tmp_name(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: a reader never
+    sees half a file. The pid in the name lets whoever killed a report remove
+    what it left (``remove_temporaries``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = _tmp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_temporaries(out_dir: str | os.PathLike, pid: int) -> list[Path]:
+    """Remove the temporary files a report process ``pid`` left in ``out_dir``
+    (it was killed while writing); returns what was removed."""
+    removed = []
+    for name in ["report.html", *FIGURES]:
+        tmp = Path(out_dir) / f".{name}.{pid}.tmp"
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def _bars(ax, y, intervals, colour_of, height=0.8):
@@ -916,15 +953,59 @@ def make_report(pandir: str | os.PathLike, night: str, out_dir: str | os.PathLik
         plot_breakdown(data, out / "breakdown.png")
         figures = list(FIGURES)
     path = out / "report.html"
-    tmp = path.with_name(f".report.html.{os.getpid()}.tmp")
-    tmp.write_text(render_html(data, figures), encoding="utf-8")
-    os.replace(tmp, path)
+    page = render_html(data, figures)
+    _write_atomic(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path
 
 
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
+
+def follow_parent(parent_pid: int) -> bool:
+    """End with ``parent_pid`` (the archive actor that started this report):
+    Linux sends SIGTERM when it exits (PR_SET_PDEATHSIG), and SIGTERM ends the
+    report through SystemExit, so that its temporary files are removed on the
+    way out. False if the parent is already gone (it died before the signal
+    was armed)."""
+    import signal
+
+    from observatory.processes import set_parent_death_signal
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+    set_parent_death_signal(signal.SIGTERM)
+    return os.getppid() == parent_pid
+
+
+def _make_from_args(args) -> Path:
+    site = None
+    if args.site_json is not None:
+        site = json.loads(args.site_json)
+        if not isinstance(site, dict):
+            raise ReportError("--site-json: not a JSON object")
+    elif args.config:
+        from observatory.config import ConfigError, load_config
+        try:
+            site = dict(load_config(args.config)["location"])
+        except ConfigError as e:
+            raise ReportError(str(e)) from None
+    overrides = {"latitude": args.site_lat, "longitude": args.site_lon, "elevation": args.site_elev,
+                 "observe_horizon": args.horizon}
+    if any(v is not None for v in overrides.values()):
+        site = dict(site or {}, **{k: v for k, v in overrides.items() if v is not None})
+    if bool(args.start) != bool(args.end):
+        raise ReportError("--start and --end go together")
+    if (args.start_unix is None) != (args.end_unix is None):
+        raise ReportError("--start-unix and --end-unix go together")
+    if args.start and args.start_unix is not None:
+        raise ReportError("give --start/--end or --start-unix/--end-unix, not both")
+    start = parse_iso(args.start) if args.start else args.start_unix
+    end = parse_iso(args.end) if args.end else args.end_unix
+    return make_report(args.pandir, args.night, args.out_dir, site=site, start_unix=start, end_unix=end)
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Write the nightly report of a unit from its database.")
@@ -933,35 +1014,42 @@ def main(argv=None) -> int:
     p.add_argument("--night", required=True, help="local date of the evening, YYYY-MM-DD")
     p.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "conf" / "unit.yaml"),
                    help="unit configuration whose location is the site (default: conf/unit.yaml)")
+    p.add_argument("--site-json", help="the site as a JSON object, keys as in the configuration's location "
+                                       "section (replaces --config)")
     p.add_argument("--site-lat", type=float, help="site latitude, degrees north (overrides --config)")
     p.add_argument("--site-lon", type=float, help="site longitude, degrees east (overrides --config)")
     p.add_argument("--site-elev", type=float, help="site elevation, metres (overrides --config)")
     p.add_argument("--horizon", type=float, help="sun altitude below which it is dark (overrides --config)")
     p.add_argument("--start", help="window start, ISO UTC (default: summary.json, else local noon)")
     p.add_argument("--end", help="window end, ISO UTC")
+    p.add_argument("--start-unix", type=float, help="window start, Unix seconds (instead of --start)")
+    p.add_argument("--end-unix", type=float, help="window end, Unix seconds (instead of --end)")
     p.add_argument("--out-dir", help="where to write (default: $PANDIR/reports/<night>)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object, {"path": ..., "error": null} or {"path": null, "error": '
+                        '"Type: message"}; every error is caught (exit status 2 for bad input, 1 otherwise)')
+    p.add_argument("--parent-pid", type=int, help="end when this process ends (the archive actor starts the "
+                                                  "nightly report so); exit status 3 if it is already gone")
     args = p.parse_args(argv)
+    if args.parent_pid is not None and not follow_parent(args.parent_pid):
+        print(f"error: the parent process {args.parent_pid} is gone", file=sys.stderr)
+        return 3
     try:
-        site = None
-        if args.config:
-            from observatory.config import ConfigError, load_config
-            try:
-                site = dict(load_config(args.config)["location"])
-            except ConfigError as e:
-                raise ReportError(str(e)) from None
-        overrides = {"latitude": args.site_lat, "longitude": args.site_lon, "elevation": args.site_elev,
-                     "observe_horizon": args.horizon}
-        if any(v is not None for v in overrides.values()):
-            site = dict(site or {}, **{k: v for k, v in overrides.items() if v is not None})
-        if bool(args.start) != bool(args.end):
-            raise ReportError("--start and --end go together")
-        start = parse_iso(args.start) if args.start else None
-        end = parse_iso(args.end) if args.end else None
-        path = make_report(args.pandir, args.night, args.out_dir, site=site, start_unix=start, end_unix=end)
+        path = _make_from_args(args)
     except (ReportError, ValueError, sqlite3.DatabaseError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"path": None, "error": f"{type(e).__name__}: {e}"}))
+        else:
+            print(f"error: {e}", file=sys.stderr)
         return 2
-    print(path)
+    except Exception as e:  # noqa: BLE001 - with --json the caller gets every error as a result
+        if not args.json:
+            raise
+        import traceback
+        traceback.print_exc()
+        print(json.dumps({"path": None, "error": f"{type(e).__name__}: {e}"}))
+        return 1
+    print(json.dumps({"path": str(path), "error": None}) if args.json else path)
     return 0
 
 

@@ -3,7 +3,9 @@ observatory.archive the way the unit writes it."""
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -305,6 +307,83 @@ def test_cli(night, tmp_path, capsys):
     assert (out / "timeline.png").is_file()
     assert main(["--pandir", str(tmp_path), "--night", "23/11/2026"]) == 2
     assert "YYYY-MM-DD" in capsys.readouterr().err
+
+
+def _without_generated(text: str) -> str:
+    return re.sub(r"Generated [0-9: -]+ UTC", "Generated ... UTC", text)
+
+
+def test_cli_as_the_archive_actor_runs_it(night, tmp_path, capsys):
+    """--site-json, --start-unix/--end-unix and --json: the same files as make_report
+    called with that site and window, and the result as one JSON line."""
+    expected = make_report(tmp_path, NIGHT, tmp_path / "direct", site=SITE, start_unix=T0, end_unix=END)
+    code = main(["--pandir", str(tmp_path), "--night", NIGHT, "--site-json", json.dumps(SITE),
+                 "--start-unix", repr(T0), "--end-unix", repr(END), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    path = tmp_path / "reports" / NIGHT / "report.html"
+    assert result == {"path": str(path), "error": None}
+    assert _without_generated(path.read_text()) == _without_generated(expected.read_text())
+    assert sorted(p.name for p in path.parent.iterdir()) == ["altitude.png", "breakdown.png", "report.html",
+                                                            "timeline.png"]
+
+
+def test_cli_json_errors(night, tmp_path, capsys, monkeypatch):
+    bad_site = dict(SITE, latitude=100.0)
+    code = main(["--pandir", str(tmp_path), "--night", NIGHT, "--site-json", json.dumps(bad_site), "--json"])
+    assert code == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "path": None, "error": "ReportError: site latitude 100.0 is not within -90..90 degrees"}
+    assert main(["--pandir", str(tmp_path), "--night", NIGHT, "--start-unix", repr(T0), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "ReportError: --start-unix and --end-unix go together"
+    # Anything else is caught too, as "Type: message" (the archive actor records it so).
+    import observatory.report as report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting exploded")
+    monkeypatch.setattr(report, "make_report", broken)
+    assert main(["--pandir", str(tmp_path), "--night", NIGHT, "--site-json", json.dumps(SITE), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"path": None, "error": "RuntimeError: plotting exploded"}
+    assert "Traceback" in captured.err
+    # Without --json an unexpected error is not swallowed.
+    with pytest.raises(RuntimeError):
+        main(["--pandir", str(tmp_path), "--night", NIGHT, "--site-json", json.dumps(SITE)])
+
+
+def test_cli_stops_at_once_without_its_parent(night, tmp_path):
+    """--parent-pid: a report whose parent is already gone writes nothing."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "observatory.report", "--pandir", str(tmp_path), "--night", NIGHT,
+                           "--site-json", json.dumps(SITE), "--json", "--parent-pid", str(2 ** 22 + 1)],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 3, proc.stderr
+    assert "is gone" in proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_failed_write_leaves_no_temporary(night, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def half_written(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError("No space left on device")
+    monkeypatch.setattr(Figure, "savefig", half_written)
+    with pytest.raises(OSError):
+        make_report(tmp_path, NIGHT, site=SITE, start_unix=T0, end_unix=END)
+    out = tmp_path / "reports" / NIGHT
+    assert list(out.iterdir()) == []
+
+
+def test_remove_temporaries(tmp_path):
+    from observatory.report import remove_temporaries
+    left = [tmp_path / ".report.html.4242.tmp", tmp_path / ".timeline.png.4242.tmp"]
+    others = [tmp_path / ".report.html.4243.tmp", tmp_path / "report.html"]
+    for p in left + others:
+        p.write_text("x")
+    assert sorted(remove_temporaries(tmp_path, 4242)) == sorted(left)
+    assert sorted(tmp_path.iterdir()) == sorted(others)
 
 
 class _Checker(HTMLParser):
