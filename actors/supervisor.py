@@ -44,6 +44,12 @@ from observatory.clock import SimClock, iso
 from observatory.statetable import load_state_table
 
 # Devices without which the unit cannot observe at all.
+# Deadlines are simulated time, but computing (scheduling, measuring, solving,
+# rendering a simulated frame) takes wall time at any speed: at x600 on a small
+# or busy computer, minutes of simulated time are a fraction of a wall second.
+COMPUTE_WALL_S = 30.0
+EXPOSURE_WALL_S = 10.0
+
 # States that observe the night sky: only between dark start and dark end.
 DARK_STATES = ("scheduling", "slewing", "pointing", "tracking", "focusing", "observing", "analyzing")
 VITAL_ROLES = ("mount", "dome", "safety", "weather", "scheduler", "archive", "analysis")
@@ -161,6 +167,7 @@ class Supervisor(UnitActor):
         self.round_frames: list[ExposureComplete] = []
         self.round_index = 0
         self.in_flight_analysis: dict[str, AnalyzeFrame] = {}
+        self.last_analysis_wall = 0.0              # when the last figures came back
         self.last_drift = None
         self.flip_at = None            # simulated time of a planned meridian flip
         self.last_decision = None
@@ -708,7 +715,7 @@ class Supervisor(UnitActor):
         self._ask(addr, RequestSchedule(time_unix=self.clock.now(), current=current,
                                         exposures_done=dict(self.exposures_done),
                                         requested=self.requested_field), "schedule")
-        self.set_deadline(120.0, "scheduler decision")
+        self.set_deadline(120.0, "scheduler decision", wall_min=COMPUTE_WALL_S)
 
     def receiveMsg_ScheduleDecision(self, msg: ScheduleDecision, sender):
         if not self._expected(msg, "schedule") or self.state != "scheduling":
@@ -780,7 +787,7 @@ class Supervisor(UnitActor):
             return
         self._ask(addr, CheckObservation(name=self.observation.name, time_unix=self.clock.now(),
                                          exposures_done=dict(self.exposures_done)), "check")
-        self.set_deadline(60.0, "pre-slew check")
+        self.set_deadline(60.0, "pre-slew check", wall_min=COMPUTE_WALL_S)
 
     def receiveMsg_ObservationChecked(self, msg: ObservationChecked, sender):
         if not self._expected(msg, "check") or self.state != "slewing":
@@ -849,7 +856,7 @@ class Supervisor(UnitActor):
                 self.goto("parking", f"slew interrupted: {msg.status.get('state')}")
         elif purpose == "slew" and self.state == "calibrating":
             if msg.action == "slew":
-                self._flats_on_target()
+                self._on_target_if_open()
             else:
                 self.goto("parking", f"slew interrupted: {msg.status.get('state')}")
         elif purpose == "park" and self.state == "parking" and msg.action != "park":
@@ -896,8 +903,6 @@ class Supervisor(UnitActor):
             self._focus_step(name)
         if not self.focus_runs:
             self.goto("tracking", "nothing to focus")
-            return
-        self.set_deadline(3600.0, "autofocus")
 
     def _focus_step(self, name: str) -> None:
         run = self.focus_runs[name]
@@ -906,6 +911,9 @@ class Supervisor(UnitActor):
             self._focus_finished(name)
             return
         run["position"] = position
+        # Each step (a move, a frame, its measurement) has its own deadline: a run
+        # is dozens of frames, and measuring them takes wall time at any speed.
+        self.set_deadline(float(run["af"].settings.exptime) + 600.0, "an autofocus step", wall_min=COMPUTE_WALL_S)
         self._ask(self.children[name].address, MoveFocuser(position=position), "focus-run")
 
     def _focus_exposure(self, name: str, status: dict) -> None:
@@ -920,12 +928,8 @@ class Supervisor(UnitActor):
         image_id = f"{cam.name}_{headers.compact_time(now)}_focus{run['af'].frames:02d}"
         path = headers.image_path(self.pandir, ob.name if ob else "focus", cam.name,
                                   ob.seq_id if ob else headers.compact_time(now), image_id)
-        hdr = headers.observation_header(
-            field=ob.name if ob else "focus", seq_id=ob.seq_id if ob else "", image_id=image_id,
-            mount=self.mount_status, site=self.site, moon={}, config_hash=self.config["config_hash"],
-            decision_id=ob.decision_id if ob else None, safe=self.is_safe(), unit_name=self.config["name"])
-        hdr.update(self._accessory_header(cam.name))
-        hdr.update(self._ambient_header())
+        hdr = self._sky_header(cam.name, ob.name if ob else "focus", ob.seq_id if ob else "", image_id,
+                               decision_id=ob.decision_id if ob else None)
         hdr["FOCUSPOS"] = (position, f"focuser {name} [steps]")
         self.round_index += 1
         exposure_id = f"{ob.id if ob else 'focus'}-{self.round_index:04d}-{cam.name}"
@@ -1005,11 +1009,17 @@ class Supervisor(UnitActor):
 
     def _on_target_if_open(self) -> None:
         if self.dome_shutter() in (None, "open") and "dome-open" not in self.expect.values():
-            self.goto("pointing", "on target")
+            self._on_target_and_open("on target")
             return
         self.awaiting_dome = True
         self._open_dome()
         self.set_deadline(self._dome_timeout(), "the dome to open")
+
+    def _on_target_and_open(self, note: str) -> None:
+        if self.state == "calibrating":
+            self._flat_exposures(self.flat_next_exptime)
+        else:
+            self.goto("pointing", note)
 
     def _parked_if_closed(self) -> None:
         if self.dome_shutter() in (None, "closed") and "dome-close" not in self.expect.values():
@@ -1064,22 +1074,14 @@ class Supervisor(UnitActor):
                     self.focus_runs[msg.name]["af"].abort(f"the focuser did not move: {msg.error}")
                     self._focus_finished(msg.name)
             return
-        if purpose == "dome-open" and self.state == "calibrating":
-            if not msg.ok:
-                if self.is_safe():
-                    self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
-                self.goto("parking", "the dome did not open")
-            elif self.awaiting_dome:
-                self.awaiting_dome = False
-                self._flat_exposures(self.flat_next_exptime)
-        elif purpose == "dome-open" and self.state == "slewing":
+        if purpose == "dome-open" and self.state in ("slewing", "calibrating"):
             if not msg.ok:
                 if self.is_safe():       # not when the safety kernel closed it: the verdict decides then
                     self.retry_at = self.clock.now() + self.config["observing"]["retry_after_fault"]
                 self.goto("parking", "the dome did not open")
-            elif getattr(self, "awaiting_dome", False):
+            elif self.awaiting_dome:
                 self.awaiting_dome = False
-                self.goto("pointing", "on target, dome open")
+                self._on_target_and_open("on target, dome open")
         elif purpose == "dome-close" and self.state == "parking":
             if msg.ok and self.mount_status.get("parked"):
                 self.goto("parked", "mount parked, dome closed")
@@ -1192,12 +1194,7 @@ class Supervisor(UnitActor):
         for cam in cams:
             image_id = f"{cam.name}_{headers.compact_time(now)}"
             path = headers.image_path(self.pandir, ob.name, cam.name, ob.seq_id, image_id)
-            hdr = headers.observation_header(
-                field=ob.name, seq_id=ob.seq_id, image_id=image_id, mount=self.mount_status, site=self.site,
-                moon=moon, config_hash=self.config["config_hash"], decision_id=ob.decision_id,
-                safe=self.is_safe(), unit_name=self.config["name"])
-            hdr.update(self._accessory_header(cam.name))
-            hdr.update(self._ambient_header())
+            hdr = self._sky_header(cam.name, ob.name, ob.seq_id, image_id, moon=moon, decision_id=ob.decision_id)
             if ob.dither_arcsec > 0:
                 hdr["DITHRA"] = (round(ob.dither[0], 2), "dither offset east [arcsec]")
                 hdr["DITHDEC"] = (round(ob.dither[1], 2), "dither offset north [arcsec]")
@@ -1231,7 +1228,20 @@ class Supervisor(UnitActor):
 
     def _readout_deadline(self, cams: list[Child], exptime: float, what: str) -> None:
         readout = max(float(c.settings.get("settings", {}).get("readout_time", 5.0)) for c in cams)
-        self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], what)
+        self.set_deadline(exptime + readout + self.config["observing"]["readout_margin"], what,
+                          wall_min=EXPOSURE_WALL_S)
+
+    def _sky_header(self, camera: str, field: str, seq_id: str, image_id: str, *, moon: dict | None = None,
+                    decision_id: str | None = None) -> dict:
+        """Headers of a frame of the sky: the observation, the mount, the site,
+        provenance, the camera's focuser and filter, the ambient temperature."""
+        hdr = headers.observation_header(
+            field=field, seq_id=seq_id, image_id=image_id, mount=self.mount_status, site=self.site,
+            moon=moon or {}, config_hash=self.config["config_hash"], decision_id=decision_id,
+            safe=self.is_safe(), unit_name=self.config["name"])
+        hdr.update(self._accessory_header(camera))
+        hdr.update(self._ambient_header())
+        return hdr
 
     def _accessory_header(self, camera: str) -> dict:
         hdr = {}
@@ -1387,7 +1397,8 @@ class Supervisor(UnitActor):
                 f = frames[0]
                 self._analyze(f, reference=(), solve="full" if self.config["observing"]["plate_solve"] else "")
                 self._ask_purpose_for_pointing = f.exposure_id
-                self.set_deadline(120.0, "pointing analysis")
+                self.set_deadline(120.0, "pointing analysis",
+                                  wall_min=self.config["observing"]["solve_timeout"] + COMPUTE_WALL_S)
             else:
                 self.goto("tracking", "pointing frame failed; observing without a reference")
         elif self.state == "observing":
@@ -1442,6 +1453,7 @@ class Supervisor(UnitActor):
             self.goto("tracking")
 
     def receiveMsg_FrameAnalyzed(self, msg: FrameAnalyzed, sender):
+        self.last_analysis_wall = time.time()
         self.expect.pop(msg.request_id, None)
         analyzed = self.in_flight_analysis.pop(msg.exposure_id, None)
         metrics = dict(msg.metrics)
@@ -1664,14 +1676,6 @@ class Supervisor(UnitActor):
         ra, dec = self._flat_pointing(self.clock.now(), self.flat_which)
         self._mount_command(SlewTo(ra_deg=ra, dec_deg=dec), "slew")
 
-    def _flats_on_target(self):
-        if self.dome_shutter() in (None, "open") and "dome-open" not in self.expect.values():
-            self._flat_exposures(self.flat_next_exptime)
-            return
-        self.awaiting_dome = True
-        self._open_dome()
-        self.set_deadline(self._dome_timeout(), "the dome to open")
-
     def _flat_exposures(self, exptime: float):
         from observatory.calibration import sun_alt_trend
         cams = self.cameras()
@@ -1687,12 +1691,7 @@ class Supervisor(UnitActor):
         for cam in cams:
             image_id = f"{cam.name}_{headers.compact_time(now)}_flat"
             path = headers.image_path(self.pandir, "flats", cam.name, seq_id, image_id)
-            hdr = headers.observation_header(
-                field="flat", seq_id=seq_id, image_id=image_id, mount=self.mount_status, site=self.site, moon={},
-                config_hash=self.config["config_hash"], decision_id=None, safe=self.is_safe(),
-                unit_name=self.config["name"])
-            hdr.update(self._accessory_header(cam.name))
-            hdr.update(self._ambient_header())
+            hdr = self._sky_header(cam.name, "flat", seq_id, image_id)
             hdr["SUNALT"] = (round(sun, 3), "sun altitude at the exposure start [deg]")
             hdr["SUNRATE"] = (round(trend, 4), "sun altitude change [deg/min]")
             exposure_id = f"flat-{seq_id}-{self.round_index:04d}-{cam.name}"
@@ -1717,7 +1716,7 @@ class Supervisor(UnitActor):
         if self.state != "calibrating" or self.flat_round is None or self.round:
             return
         if any(exposure_id in self.in_flight_analysis for exposure_id in self.flat_frames):
-            self.set_deadline(120.0, "flat levels")
+            self.set_deadline(120.0, "flat levels", wall_min=COMPUTE_WALL_S)
             return
         seq = self._flat_sequence(self.flat_which)
         now, r = self.clock.now(), self.flat_round
@@ -1804,7 +1803,10 @@ class Supervisor(UnitActor):
                 self.calibration_queue = []
             return
         # The summary includes every frame's figures: let analysis finish first.
-        if self.in_flight_analysis and time.time() - self.housekeeping_started_wall < 60:
+        # On a slow computer the analysis may be many frames behind at dawn: wait as
+        # long as it makes progress, and at most a minute without a result.
+        if self.in_flight_analysis and \
+                time.time() - max(self.housekeeping_started_wall, self.last_analysis_wall) < 60:
             return
         stats = {"dark_seconds": self.dark_seconds, "safe_seconds": self.safe_seconds,
                  "restarts": dict(self.night_restarts), "unsafe_periods": self.unsafe_periods}
@@ -1812,7 +1814,7 @@ class Supervisor(UnitActor):
         self._ask(self.children["archive"].address,
                   WriteNightSummary(night=self.night_date, start_unix=self.night_window_start, end_unix=end,
                                     stats=stats), "summary")
-        self.set_deadline(120.0, "night summary")
+        self.set_deadline(120.0, "night summary", wall_min=2 * COMPUTE_WALL_S)
 
     def receiveMsg_NightSummaryWritten(self, msg: NightSummaryWritten, sender):
         if not self._expected(msg, "summary"):
