@@ -40,7 +40,9 @@ unsafe and unparked (from the events table)
     mount actor polls at least every half wall second). What a spell lasts
     beyond that is *excess*; the target is 0. Spells during which the mount
     itself was under a fault (a wire fault, or its actor killed, exiting or
-    hung) cannot always park in time and are counted apart. Entering any
+    hung) cannot always park in time and are counted apart. Spells during a
+    fault of the safety actor itself (its slowness, hang...) are marked and
+    their excess shown apart too, but still counted. Entering any
     unparked state other than 'parking' while the verdict is UNSAFE is
     counted as a violation (target 0). The kernel's own detection delay (its
     check interval) is not included: the clock starts at the verdict.
@@ -59,10 +61,27 @@ RSS growth
     the end of night 1 and at the end of night N (the first time status.json
     shows state 'housekeeping' for that night, or its nights_done counted),
     compared per process (actors by name; run_unit.py, the Thespian admin and
-    logger, the wire simulators). A process restarted in between (another
-    pid: a new incarnation of the same actor) is judged too, and marked.
-    RssAnon (private heap pages) is shown beside VmRSS. Target: VmRSS
+    logger, the wire simulators). Short-lived workers (the nightly report's
+    process, solve-field) are not sampled. A process restarted in between
+    (another pid: a new incarnation of the same actor) is judged too, and
+    marked. RssAnon (private heap pages) is shown beside VmRSS. Target: VmRSS
     growth < 10 % per process.
+
+    Both samples are taken at the same point of the night, before its
+    housekeeping: night 1's before any nightly report was made, night N's
+    after N-1 of them. Work done for the first time after night 1's sample
+    (housekeeping, the report) therefore counts as growth: the archive actor
+    makes the report in a process of its own so that matplotlib never enters
+    it (it used to add 15 MB of libraries and 2.5 MB of heap, +13-17 %).
+    A single sample also carries whatever garbage the process has not
+    collected yet: astropy's first time conversions leave about 58 MB of
+    reference cycles in the supervisor; each actor inherits them with the
+    fork and frees them at its own full collections, at times that depend on
+    its allocations, so its RSS drops by 25-30 MB once or twice at random
+    moments, sometimes nights later. Night 1's sample is then too high (a
+    growth hidden, a decrease shown: -18 to -35 % in the 7-night run), and a
+    replacement actor forked from a supervisor holding such garbage can look
+    larger. The archive collects at its start, so its figure is fair.
 
 Prints a table, then ONE JSON object on the last line.
 """
@@ -90,6 +109,7 @@ WIRE_TARGETS = ("mount", "weather")
 WIRE_KINDS = ("timeout", "garbage", "half", "slow", "disconnect")
 CAMERAS = ("cam00", "cam01")
 RSS_TARGET_PCT = 10.0
+TRANSIENT = "transient:"     # label prefix of short-lived worker processes (not judged)
 QUIET_WALL_S = 10.0          # no new fault this close (wall) to the end of the last night
 
 
@@ -138,6 +158,7 @@ def label_processes(unit: RunningUnit) -> dict[int, str]:
     sup = (status.get("supervisor") or {}).get("pid")
     if sup:
         names[sup] = "supervisor"
+    actors = dict(names)          # a process started by one of these is a worker of that actor
     names[unit.proc.pid] = "run_unit.py"
     admin = ppid_of(sup) if sup else None
     if admin:
@@ -148,8 +169,13 @@ def label_processes(unit: RunningUnit) -> dict[int, str]:
             labels[pid] = names[pid]
             continue
         cmd = cmdline(pid)
+        parent = actors.get(ppid_of(pid))
         if "simulators." in cmd:
             labels[pid] = cmd.split("simulators.", 1)[1].split()[0] + "-simulator"
+        elif "observatory.report" in cmd:
+            labels[pid] = f"{TRANSIENT}nightly-report-{pid}"
+        elif parent:
+            labels[pid] = f"{TRANSIENT}{parent}-child-{pid}"      # e.g. solve-field under analysis
         elif admin and ppid_of(pid) == admin:
             labels[pid] = "thespian-logger" if "thespian-logger" not in labels.values() else f"admin-child-{pid}"
         else:
@@ -158,8 +184,14 @@ def label_processes(unit: RunningUnit) -> dict[int, str]:
 
 
 def sample_rss(unit: RunningUnit) -> dict[str, dict]:
+    """VmRSS and RssAnon of every long-lived process of the unit. Short-lived
+    workers (the nightly report's process, solve-field under the analysis
+    actor) are left out: they come and go within seconds by design, and
+    whether one is caught says nothing about growth."""
     out = {}
     for pid, name in label_processes(unit).items():
+        if name.startswith(TRANSIENT):
+            continue
         rss, anon = read_rss_kb(pid)
         if rss is not None:
             out[name] = {"pid": pid, "rss_kb": rss, "anon_kb": anon}
@@ -258,6 +290,7 @@ def _spells(timeline: list[tuple], allowance_s: float, injected: list[dict]) -> 
         open_spell.update(end=None, end_wall=None, last="(still exposed when the run ended)")
         spells.append(open_spell)
     mount_faults = [r for r in injected if r.get("ok") and r["target"] == "mount" and r["kind"] != "behave"]
+    safety_faults = [r for r in injected if r.get("ok") and r["target"] == "safety"]
     for sp in spells:
         end_wall = sp["end_wall"] if sp["end_wall"] is not None else time.time()
         end = sp["end"] if sp["end"] is not None else sp["start"] + (end_wall - sp["start_wall"])
@@ -268,10 +301,24 @@ def _spells(timeline: list[tuple], allowance_s: float, injected: list[dict]) -> 
         # hang is found after the heartbeat timeout, 10 s, then restarted).
         sp["mount_fault"] = any(r["wall"] <= end_wall and r.get("ended", r["wall"] + 15) >= sp["start_wall"] - 1
                                 for r in mount_faults)
+        # Marked only (still counted as excess): the safety kernel itself under a
+        # fault, from the injection until it is over (a 'slow' lasts its duration;
+        # a hang is found after the heartbeat timeout, 10 s, then restarted).
+        sp["safety_fault"] = any(r["wall"] <= end_wall and r["wall"] + _fault_span(r) >= sp["start_wall"] - 1
+                                 for r in safety_faults)
     return {"spells": spells, "violations": violations, "allowance_s": round(allowance_s, 1),
             "exposed_s": round(sum(sp["duration_s"] for sp in spells), 1),
             "excess_s": round(sum(sp["excess_s"] for sp in spells if not sp["mount_fault"]), 1),
-            "excess_mount_fault_s": round(sum(sp["excess_s"] for sp in spells if sp["mount_fault"]), 1)}
+            "excess_mount_fault_s": round(sum(sp["excess_s"] for sp in spells if sp["mount_fault"]), 1),
+            "excess_safety_fault_s": round(sum(sp["excess_s"] for sp in spells
+                                               if sp["safety_fault"] and not sp["mount_fault"]), 1)}
+
+
+def _fault_span(rec: dict) -> float:
+    """Wall seconds an injected process fault keeps its actor from working normally."""
+    if rec["kind"] == "slow":
+        return float(rec["params"].get("duration", 20.0))
+    return 15.0 if rec["kind"] == "hang" else 3.0
 
 
 def _state_rows(unit: RunningUnit) -> list[tuple]:
@@ -499,7 +546,8 @@ def main() -> int:
           f"+ 1.5 wall s x speed)")
     for view, ex, clock in (("supervisor's verdicts (events)", sup, "sim"), ("kernel's verdicts (log)", ker, "wall")):
         print(f"  {view}: {len(ex['spells'])} spell(s), {ex['exposed_s']} s in all, excess {ex['excess_s']} s "
-              f"(+ {ex['excess_mount_fault_s']} s during mount faults), violations {len(ex['violations'])}")
+              f"(+ {ex['excess_mount_fault_s']} s during mount faults; of the excess, {ex['excess_safety_fault_s']} s "
+              f"during faults of the safety actor itself), violations {len(ex['violations'])}")
         for sp in ex["spells"]:
             if clock == "sim":
                 when = datetime.fromtimestamp(sp["start"], timezone.utc).isoformat()[:19] + " sim"
@@ -507,7 +555,8 @@ def main() -> int:
                 when = datetime.fromtimestamp(sp["start_wall"], timezone.utc).strftime("%H:%M:%S.%f")[:12] + " wall"
             print(f"    {when:24} {sp['first'][:60]:60} {sp['duration_s']:>7} s {sp['wall_s']:>6} wall s"
                   f"{'  EXCESS ' + str(sp['excess_s']) + ' s' if sp['excess_s'] else ''}"
-                  f"{'  (mount fault)' if sp['mount_fault'] else ''}")
+                  f"{'  (mount fault)' if sp['mount_fault'] else ''}"
+                  f"{'  (safety actor fault)' if sp['safety_fault'] else ''}")
         for v in ex["violations"][:5]:
             print(f"    VIOLATION: {v['message']!r} while UNSAFE")
         if len(ex["violations"]) > 5:
@@ -555,6 +604,7 @@ def main() -> int:
         "unsafe_entry_violations": len(sup["violations"]),
         "kernel_unsafe_unparked_s": ker["exposed_s"], "kernel_unsafe_unparked_excess_s": ker["excess_s"],
         "kernel_unsafe_unparked_excess_mount_fault_s": ker["excess_mount_fault_s"],
+        "kernel_unsafe_unparked_excess_safety_fault_s": ker["excess_safety_fault_s"],
         "kernel_unsafe_state_changes": len(ker["violations"]),
         "verdict_delivery_ms_max": exposure["delivery_ms_max"],
         "verdict_changes_late_or_lost": len(late),
