@@ -71,26 +71,69 @@ class ArchiveActor(UnitActor):
     def device_status(self):
         return {"path": str(self.archive.path)}
 
+    # Records are written in arrival order. A write the database refuses (a
+    # full disk: "database or disk is full", an I/O error) is held with every
+    # later one and retried every HELD_RETRY_S wall seconds, so nothing is lost
+    # while the disk is full and the actor goes on answering.
+    HELD_RETRY_S = 2.0
+
+    def _write(self, what: str, write) -> None:
+        held = getattr(self, "held", None)
+        if held is None:
+            held = self.held = []
+        held.append((what, write))
+        if len(held) == 1:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        import sqlite3
+        while self.held:
+            what, write = self.held[0]
+            try:
+                write()
+            except (sqlite3.OperationalError, OSError) as e:
+                if not getattr(self, "held_since", None):
+                    self.held_since, self.held_error = time.time(), f"{type(e).__name__}: {e}"
+                    self._log_quietly("archive_write_held", what=what, error=self.held_error)
+                self.wake_in_wall(self.HELD_RETRY_S, "retry-held")
+                return
+            self.held.pop(0)
+        since = getattr(self, "held_since", None)
+        if since:
+            self.held_since = None
+            self.archive.record_event("error", "archive", f"the database refused writes for {time.time() - since:.0f} "
+                                      f"wall s ({self.held_error}); the records held meanwhile are written",
+                                      self.clock.now(), time.time(), {"error": self.held_error})
+
+    def _log_quietly(self, event: str, **data) -> None:
+        try:
+            self.log.error(event, **data)
+        except OSError:
+            pass                        # the log is on the same full disk
+
     def receiveMsg_RecordEvent(self, m: RecordEvent, sender):
-        self.archive.record_event(m.kind, m.source, m.message, m.time_unix, m.wall_unix, m.data, uid=m.request_id)
+        self._write("event", lambda: self.archive.record_event(m.kind, m.source, m.message, m.time_unix,
+                                                               m.wall_unix, m.data, uid=m.request_id))
 
     def receiveMsg_RecordObservation(self, m: RecordObservation, sender):
-        self.archive.record_observation(m)
+        self._write("observation", lambda: self.archive.record_observation(m))
 
     def receiveMsg_CloseObservation(self, m: CloseObservation, sender):
-        self.archive.close_observation(m.observation_id, m.end_unix, m.status, m.exposures)
+        self._write("observation", lambda: self.archive.close_observation(m.observation_id, m.end_unix, m.status,
+                                                                         m.exposures))
 
     def receiveMsg_RecordExposure(self, m: RecordExposure, sender):
-        self.archive.record_exposure(m)
+        self._write("exposure", lambda: self.archive.record_exposure(m))
 
     def receiveMsg_RecordMetrics(self, m: RecordMetrics, sender):
-        self.archive.record_metrics(m.exposure_id, m.metrics, m.drift_px)
+        self._write("metrics", lambda: self.archive.record_metrics(m.exposure_id, m.metrics, m.drift_px))
 
     def receiveMsg_RecordDecision(self, m: RecordDecision, sender):
-        self.archive.record_decision(m.decision_id, m.time_unix, m.winner, m.reason, m.decision)
+        self._write("decision", lambda: self.archive.record_decision(m.decision_id, m.time_unix, m.winner, m.reason,
+                                                                     m.decision))
 
     def receiveMsg_RecordSafetyAudit(self, m: RecordSafetyAudit, sender):
-        self.archive.record_safety_audit(m)
+        self._write("safety audit", lambda: self.archive.record_safety_audit(m))
 
     def receiveMsg_WriteNightSummary(self, m: WriteNightSummary, sender):
         summary = self.archive.night_summary(m.night, m.start_unix, m.end_unix, m.stats)
@@ -227,6 +270,9 @@ class ArchiveActor(UnitActor):
             self.retention_done.put(("retention", None, f"{type(e).__name__}: {e}"))
 
     def on_tick(self, tick: Tick):
+        if tick.kind == "retry-held":
+            self._flush_held()
+            return
         if tick.kind != "report":
             return
         self.report_jobs = [job for job in self.report_jobs if not self._check_report(job)]
