@@ -90,6 +90,7 @@ class SafetyActor(UnitActor):
         self.power_info: dict = {}
         self.last_ups_read = -1e18
         self.last_reading = None
+        self.new_reading_wall = 0.0
         self.last_verdict: SafetyVerdict | None = None
         self.last_assessment = None
         self.last_inputs: dict = {}
@@ -211,6 +212,9 @@ class SafetyActor(UnitActor):
 
     def receiveMsg_WeatherReading(self, msg: WeatherReading, sender):
         self.weather_asked_wall = 0.0                 # answered: the next check may ask again
+        previous = (self.last_reading or {}).get("timestamp")
+        if msg.reading.get("timestamp") is not None and msg.reading.get("timestamp") != previous:
+            self.new_reading_wall = time.time()        # the station is alive: a reading it had not sent before
         self.last_reading = msg.reading
         self.evaluate()
 
@@ -278,8 +282,12 @@ class SafetyActor(UnitActor):
             except (TypeError, ValueError):
                 age = None
             # A reading's age is simulated time, but delivering it takes wall time:
-            # at high speed a busy machine must not make a live station look dead.
-            if age is not None and self.clock.speed > 1 and age / self.clock.speed < self.MIN_STALE_WALL_S:
+            # at high speed a busy machine must not make a live station look dead,
+            # nor must a busy kernel (its inbox full) judge a station dead whose new
+            # readings it has only just got to.
+            if age is not None and self.clock.speed > 1 and \
+                    (age / self.clock.speed < self.MIN_STALE_WALL_S
+                     or wall - self.new_reading_wall < self.MIN_STALE_WALL_S):
                 age = min(age, self.kernel.limits.max_weather_age_s)
         power, power_info = self._ups_read(wall)
         on_battery = self.battery.update(power, now)
