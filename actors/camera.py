@@ -100,7 +100,8 @@ class CameraActor(UnitActor):
             return
         inject = getattr(self.driver, "inject_fault", None)
         if inject is None or kind not in self.READOUT_FAULTS:
-            super().inject_device_fault(kind, params)
+            super().inject_device_fault(kind, params)     # raises, unless the base knows the kind
+            return
         inject(self.READOUT_FAULTS[kind])
 
     def teardown(self):

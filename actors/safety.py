@@ -267,7 +267,8 @@ class SafetyActor(UnitActor):
     def inject_device_fault(self, kind, params):
         """'disk_full': the data disk reads as full for ``seconds`` (simulated, default 300)."""
         if kind != "disk_full":
-            super().inject_device_fault(kind, params)
+            super().inject_device_fault(kind, params)     # raises, unless the base knows the kind
+            return
         self.disk_full_until = self.clock.now() + float(params.get("seconds", 300.0))
 
     # -- evaluation ------------------------------------------------------------

@@ -109,7 +109,8 @@ class WeatherActor(UnitActor):
 
     def inject_device_fault(self, kind, params):
         if kind != "unsafe":
-            super().inject_device_fault(kind, params)
+            super().inject_device_fault(kind, params)     # raises, unless the base knows the kind
+            return
         self.rain_injected_until = self.clock.now() + float(params.get("seconds", 600.0))
 
     def device_status(self):

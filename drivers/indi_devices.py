@@ -890,7 +890,15 @@ class IndiFilterWheel(IndiDevice):
             return int(round(self._need("FILTER_SLOT").values["FILTER_SLOT_VALUE"]))
 
     def names(self) -> list[str]:
+        """The filters' names. Drivers define FILTER_NAME a moment after the slot
+        property (on a busy machine, after connect() returns): wait for it once;
+        a wheel without names gives []."""
         prop = self._maybe("FILTER_NAME")
+        if prop is None and not getattr(self, "_names_missing", False):
+            try:
+                prop = self._need("FILTER_NAME")
+            except IndiError:
+                self._names_missing = True
         return list(prop.values.values()) if prop else []
 
     def status(self) -> dict:

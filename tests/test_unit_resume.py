@@ -29,9 +29,12 @@ def test_whole_service_crash_resumes_the_observation_and_loses_no_frame(tmp_path
     (tmp_path / "b").mkdir()
     first = RunningUnit(tmp_path / "a", start=DARK_START, speed=60)
     try:
+        # Two rounds of the observation under way, and its next exposure started (an
+        # observation cut short earlier, e.g. by a pause on a busy machine, does not count).
         first.wait_for(lambda: science_count(first, "cam00") >= 3, 150, "three science rounds")
-        first.wait_for(lambda: first.status().get("state") == "observing", 30, "an exposure under way",
-                       interval=0.02)
+        first.wait_for(lambda: (first.status().get("observation") or {}).get("frames", 0) >= 2
+                       and first.status().get("state") == "observing", 120,
+                       "an exposure under way after two rounds of one observation", interval=0.02)
         time.sleep(0.3)
         observation = first.status()["observation"]
         crashed_at = sim_now(first)
