@@ -3,7 +3,6 @@ wakeups, and turning a handler's exception into a reply instead of Thespian's
 retry-then-PoisonMessage."""
 from __future__ import annotations
 
-import gc
 import os
 import time
 import traceback
@@ -16,10 +15,6 @@ from messages import (CommandFailed, ControlReply, DeviceStatus, GetStatus, Hear
 from observatory import logs
 from observatory.clock import SimClock
 from observatory.processes import set_parent_death_signal
-
-
-# Wall seconds after start-up before an actor frees the garbage inherited from the supervisor.
-GC_AFTER_START_S = 5.0
 
 
 class UnitActor(ActorTypeDispatcher):
@@ -90,10 +85,6 @@ class UnitActor(ActorTypeDispatcher):
         self.log.info("initialized", epoch=self.epoch, role=self.role)
         self.send(sender, Initialized(name=self.name, pid=os.getpid(), epoch=self.epoch, info=info,
                                       request_id=msg.request_id))
-        # Every actor is forked from the supervisor and inherits its garbage (astropy's
-        # first time conversions leave tens of MB of reference cycles). Free it soon,
-        # once in service (a collection takes a few hundred ms: not on the restart path).
-        self.wake_in_wall(GC_AFTER_START_S, "gc")
 
     def receiveMsg_PeersChanged(self, msg: PeersChanged, sender):
         self.peers.update(msg.peers)
@@ -147,8 +138,6 @@ class UnitActor(ActorTypeDispatcher):
                 os._exit(3)
             elif msg.payload.kind == "fault-hang":
                 time.sleep(msg.payload.token)
-            elif msg.payload.kind == "gc":
-                gc.collect()
             else:
                 self.on_tick(msg.payload)
 

@@ -197,6 +197,11 @@ class Supervisor(UnitActor):
 
         self.children: dict[str, Child] = {}
         c = self.config
+        # Every actor is forked from here and would inherit the garbage of start-up
+        # (astropy's first time conversions leave tens of MB of reference cycles),
+        # each freeing it at some random later moment: free it once, before the forks.
+        import gc
+        gc.collect()
         specs = [("archive", "archive", ArchiveActor, {"retention": c.get("retention")}),
                  ("weather", "weather", WeatherActor,
                   dict(c["weather"], timeline_start_unix=self.clock.start_unix)),
