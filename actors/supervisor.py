@@ -55,6 +55,11 @@ DARK_STATES = ("scheduling", "slewing", "pointing", "tracking", "focusing", "obs
 VITAL_ROLES = ("mount", "dome", "safety", "weather", "scheduler", "archive", "analysis")
 ACCESSORY_ROLES = ("dome", "focuser", "filterwheel")
 EMPTY_ROUNDS_BEFORE_PARKING = 3
+# A night state that waits for nothing (no deadline, no exposure, no flip, no
+# focus run, no operator hold) is stuck; after this long, simulated and wall,
+# the unit parks and retries rather than lose the rest of the night.
+STUCK_SIM_S = 600.0
+STUCK_WALL_S = 30.0
 SIDEREAL_DEG_PER_S = 360.0 / 86164.0905
 ARCHIVE_MESSAGES = (RecordEvent, RecordObservation, CloseObservation, RecordExposure, RecordMetrics,
                     RecordDecision, RecordSafetyAudit, WriteNightSummary)
@@ -172,6 +177,8 @@ class Supervisor(UnitActor):
         self.flip_at = None            # simulated time of a planned meridian flip
         self.last_decision = None
         self.retry_at = -math.inf
+        from observatory.supervision import StuckWatch
+        self.stuck_watch = StuckWatch(STUCK_SIM_S, STUCK_WALL_S)
         self.archive_backlog: list[Message] = []
         self.archive_unacked: deque = deque()        # (wall time sent, record) not yet proven written
         self.heartbeats_sent: dict[str, float] = {}  # heartbeat request id -> wall time sent (archive only)
@@ -478,6 +485,11 @@ class Supervisor(UnitActor):
                 self._mount_command(Park(), "park")
             elif self.state == "calibrating" and not self.round and "slew" not in self.expect.values():
                 self._flats_slew()
+            elif self.state == "tracking" and not self.round and self.hold != "pause":
+                # Tracking was entered (or confirmation asked of the dead actor)
+                # while the mount was away: its fresh status decides again.
+                self.expect = {k: v for k, v in self.expect.items() if v not in ("tracking", "guide")}
+                self._enter_tracking()
             else:
                 self._ask(addr, GetStatus(), "mount-status")
         elif child.role == "scheduler" and self.state == "scheduling":
@@ -1110,6 +1122,9 @@ class Supervisor(UnitActor):
     def _enter_tracking(self):
         addr = self._address("mount")
         if addr is None:
+            # The mount actor is being replaced: _resume_after_restart comes back
+            # here once it is ready; if it never is, the deadline parks the unit.
+            self.set_deadline(300.0, "the mount back to track", wall_min=COMPUTE_WALL_S)
             return
         if self.hold == "pause":
             self.event("operator", "paused: tracking, no new exposures until resumed")
@@ -1912,8 +1927,25 @@ class Supervisor(UnitActor):
         handler = getattr(self, f"_tick_{self.state}", None)
         if handler and not self.failure:
             handler(now)
+        self._check_progress(now)
         self.write_status()
         self.wake_in_wall(min(max(self.clock.wall_seconds(5.0), 0.01), 0.25), "tick")
+
+    def _check_progress(self, now: float) -> None:
+        """The backstop for a wait nobody will end: every step of the night sets a
+        deadline, starts exposures or focus runs, or is held by an operator; a
+        night state with none of these for STUCK_SIM_S (and STUCK_WALL_S wall) has
+        lost track of the device it waited for. Park, and retry later."""
+        busy = bool(self.state not in DARK_STATES or self.failure or self.stopping or self.deadline is not None
+                    or self.round or self.flip_at is not None or self.hold or self.focus_runs or self.pictures)
+        idle_s = self.stuck_watch.observe(busy, (self.state, self.state_since), now, time.time())
+        if idle_s is None:
+            return
+        wait = self.config["observing"]["retry_after_fault"]
+        self.event("error", f"nothing under way in state {self.state} for {idle_s:.0f} s: parking, "
+                            f"retrying in {wait:.0f} s", state=self.state)
+        self.retry_at = now + wait
+        self.goto("parking", f"stuck in {self.state}")
 
     def _check_heartbeats(self):
         """A blocked actor answers nothing, not even an exit request, and Thespian

@@ -92,3 +92,30 @@ def child_specs(children: list[tuple[str, str]], supervision: dict, vital_roles)
         base.update({k: v for k, v in (per_child.get(name) or {}).items() if v is not None})
         specs[name] = ChildSpec(name=name, role=role, vital=role in vital_roles, **base)
     return specs
+
+
+class StuckWatch:
+    """Notices a sequence step that waits for nothing. ``observe`` is called on
+    every tick with whether anything is under way (a deadline, exposures, a
+    focus run, an operator hold...) and the step's identity (state and when it
+    was entered); it returns the seconds the step has been idle, simulated,
+    once it has been idle for both ``sim_s`` simulated and ``wall_s`` wall
+    seconds, and None otherwise. A new step, or anything under way, starts the
+    count again; after it fires, the count starts again too."""
+
+    def __init__(self, sim_s: float, wall_s: float):
+        self.sim_s, self.wall_s = sim_s, wall_s
+        self.since: tuple | None = None       # (step, sim, wall)
+
+    def observe(self, busy: bool, step, sim: float, wall: float) -> float | None:
+        if busy:
+            self.since = None
+            return None
+        if self.since is None or self.since[0] != step:
+            self.since = (step, sim, wall)
+            return None
+        _, since_sim, since_wall = self.since
+        if sim - since_sim >= self.sim_s and wall - since_wall >= self.wall_s:
+            self.since = None
+            return sim - since_sim
+        return None

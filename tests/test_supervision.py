@@ -1,7 +1,7 @@
 """Restart policies as data (observatory/supervision.py)."""
 import pytest
 
-from observatory.supervision import ChildSpec, RestartPolicy, child_specs
+from observatory.supervision import ChildSpec, RestartPolicy, StuckWatch, child_specs
 
 
 def test_first_restart_is_immediate_then_back_off_doubles_until_the_budget_is_spent():
@@ -44,3 +44,23 @@ def test_bad_specs_are_refused():
         ChildSpec("x", "camera", restart="sometimes")
     with pytest.raises(ValueError, match="bad restart budget"):
         ChildSpec("x", "camera", backoff_initial_s=5, backoff_max_s=1)
+
+
+def test_stuck_watch_fires_once_a_step_waits_for_nothing_long_enough_in_both_clocks():
+    watch = StuckWatch(sim_s=600.0, wall_s=30.0)
+    step = ("tracking", 1000.0)
+    assert watch.observe(False, step, 1000.0, 0.0) is None          # the count starts
+    assert watch.observe(False, step, 1700.0, 10.0) is None         # simulated time enough, wall not
+    assert watch.observe(False, step, 1500.0, 40.0) is None         # wall enough, simulated not
+    assert watch.observe(False, step, 1650.0, 41.0) == pytest.approx(650.0)
+    assert watch.observe(False, step, 1651.0, 42.0) is None         # fired: the count starts again
+
+
+def test_stuck_watch_restarts_its_count_for_a_new_step_or_anything_under_way():
+    watch = StuckWatch(sim_s=600.0, wall_s=30.0)
+    watch.observe(False, ("tracking", 0.0), 0.0, 0.0)
+    assert watch.observe(False, ("observing", 500.0), 700.0, 40.0) is None    # a new step: from 700
+    assert watch.observe(False, ("observing", 500.0), 1200.0, 80.0) is None
+    assert watch.observe(True, ("observing", 500.0), 1400.0, 90.0) is None    # a deadline was set
+    assert watch.observe(False, ("observing", 500.0), 1500.0, 100.0) is None  # from 1500
+    assert watch.observe(False, ("observing", 500.0), 2100.0, 130.0) == pytest.approx(600.0)
