@@ -818,12 +818,9 @@ class Supervisor(UnitActor):
             self._close_observation("switched")
             self.goto("scheduling", f"{msg.name} vetoed before the slew")
 
-    # Dice-9: the centre, the four diagonals, the four sides (in dither steps).
-    DITHER_PATTERN = ((0, 0), (1, 1), (-1, -1), (1, -1), (-1, 1), (1, 0), (-1, 0), (0, 1), (0, -1))
-
     def _next_dither(self, ob: Observation) -> None:
-        step = self.DITHER_PATTERN[ob.set_index % len(self.DITHER_PATTERN)]
-        ob.dither = (step[0] * ob.dither_arcsec, step[1] * ob.dither_arcsec)
+        from observatory.astro import dither_offset
+        ob.dither = dither_offset(ob.set_index, ob.dither_arcsec)
         ob.dithered_set = ob.set_index
         self.event("observation", f"{ob.name}: set {ob.set_index + 1} dithered {ob.dither[0]:+.0f}\" E, "
                                   f"{ob.dither[1]:+.0f}\" N", field=ob.name, dither_arcsec=list(ob.dither))
@@ -1668,13 +1665,16 @@ class Supervisor(UnitActor):
                                                                  levels), "done": False}
         return state["seq"]
 
-    def _flat_pointing(self, now, which: str) -> tuple[float, float]:
-        """Away from the sun, near the zenith: east of the meridian in the evening,
-        west in the morning, at the site's declination (a smooth, star-poor sky)."""
+    def _flat_pointing(self, now) -> tuple[float, float]:
+        """The next flat's pointing: near the zenith, away from the sun, dithered
+        (observatory.calibration.flat_pointing)."""
         from observatory.astro import lst_deg
-        ha = float(self.config["calibration"]["flat_hour_angle"]) * (-1.0 if which == "evening" else 1.0)
-        ra = (float(lst_deg(now, self.site["longitude"])) - ha) % 360.0
-        return ra, max(-85.0, min(85.0, float(self.site["latitude"])))
+        from observatory.calibration import flat_pointing
+        cal = self.config["calibration"]
+        ra, dec, self.flat_offset = flat_pointing(
+            float(self.ephemeris.sun_az(now)), float(lst_deg(now, self.site["longitude"])),
+            float(self.site["latitude"]), cal["flat_zenith_distance"], self.flat_dither, cal["flat_dither_arcmin"])
+        return ra, dec
 
     def _enter_calibrating(self):
         now = self.clock.now()
@@ -1686,15 +1686,27 @@ class Supervisor(UnitActor):
         seq = self._flat_sequence(which)
         self.flat_next_exptime = seq.exptime
         self.flat_wait_until, self.flat_round, self.flat_frames = None, None, {}
+        self.flat_dither = 0
         self.event("calibration", f"{which} flats: {seq.settings.n_flats} per camera wanted, "
                                   f"{sum(seq.kept.values())} kept so far", which=which)
         self._flats_slew()
 
     def _flats_slew(self):
         self.awaiting_dome = False
-        self._open_dome()                 # opens while the mount slews
-        ra, dec = self._flat_pointing(self.clock.now(), self.flat_which)
+        if self.dome_shutter() != "open":
+            self._open_dome()             # opens while the mount slews
+        ra, dec = self._flat_pointing(self.clock.now())
         self._mount_command(SlewTo(ra_deg=ra, dec_deg=dec), "slew")
+
+    def _next_flat(self, exptime: float):
+        """The next flat of the window: re-pointed and dithered first, unless
+        dithering is off (then the mount tracks the same patch of sky)."""
+        if self.config["calibration"]["flat_dither_arcmin"] > 0:
+            self.flat_next_exptime = exptime
+            self.flat_dither += 1
+            self._flats_slew()            # the mount's arrival starts the exposures
+        else:
+            self._flat_exposures(exptime)
 
     def _flat_exposures(self, exptime: float):
         from observatory.calibration import sun_alt_trend
@@ -1714,6 +1726,8 @@ class Supervisor(UnitActor):
             hdr = self._sky_header(cam.name, "flat", seq_id, image_id)
             hdr["SUNALT"] = (round(sun, 3), "sun altitude at the exposure start [deg]")
             hdr["SUNRATE"] = (round(trend, 4), "sun altitude change [deg/min]")
+            hdr["DITHRA"] = (round(self.flat_offset[0], 2), "dither offset east [arcsec]")
+            hdr["DITHDEC"] = (round(self.flat_offset[1], 2), "dither offset north [arcsec]")
             exposure_id = f"flat-{seq_id}-{self.round_index:04d}-{cam.name}"
             self.round[cam.name] = exposure_id
             self.flat_frames[exposure_id] = cam.name
@@ -1756,7 +1770,7 @@ class Supervisor(UnitActor):
         elif step.action == "wait":
             self.flat_next_exptime, self.flat_wait_until = step.exptime, now + step.wait_s
         else:
-            self._flat_exposures(step.exptime)
+            self._next_flat(step.exptime)
 
     def _tick_calibrating(self, now):
         if self.round or self.flat_round is not None:
@@ -1771,7 +1785,7 @@ class Supervisor(UnitActor):
             self.goto("parking", f"{self.flat_which} flats over")
         elif self.flat_wait_until is not None and now >= self.flat_wait_until:
             self.flat_wait_until = None
-            self._flat_exposures(self.flat_next_exptime)
+            self._next_flat(self.flat_next_exptime)
 
     # housekeeping: the night's summary, then back to sleep
     def _enter_housekeeping(self):
@@ -1861,6 +1875,7 @@ class Supervisor(UnitActor):
         self.night_exptimes: set[float] = set()
         self.last_integrated = now
         self.flat_seqs: dict[str, dict] = {}      # 'evening'/'morning' -> {"seq": FlatSequence, "done"}
+        self.flat_dither, self.flat_offset = 0, (0.0, 0.0)    # dither step of the next flat; its offset (E, N) arcsec
         self.flat_windows = self._flat_windows()
         if getattr(self, "journal", None) is not None:
             from observatory.journal import JournalState

@@ -146,6 +146,27 @@ def altaz(ra_deg, dec_deg, unix, site: Site, *, elementwise: bool = False):
     return alt, np.mod(az, 360.0)
 
 
+def hadec_from_altaz(alt_deg: float, az_deg: float, latitude_deg: float) -> tuple[float, float]:
+    """Hour angle (degrees, west positive, in (-180, 180]) and declination of a
+    direction given by altitude and azimuth (east of north) at a latitude."""
+    alt, az, lat = math.radians(alt_deg), math.radians(az_deg), math.radians(latitude_deg)
+    sin_dec = math.sin(alt) * math.sin(lat) + math.cos(alt) * math.cos(lat) * math.cos(az)
+    dec = math.asin(max(-1.0, min(1.0, sin_dec)))
+    ha = math.atan2(-math.sin(az) * math.cos(alt),
+                    math.sin(alt) * math.cos(lat) - math.cos(alt) * math.sin(lat) * math.cos(az))
+    return (math.degrees(ha) + 180.0) % 360.0 - 180.0, math.degrees(dec)
+
+
+# Dice-9: the centre, the four diagonals, the four sides (in dither steps).
+DITHER_PATTERN = ((0, 0), (1, 1), (-1, -1), (1, -1), (-1, 1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def dither_offset(index: int, step: float) -> tuple[float, float]:
+    """The ``index``-th offset (east, north) of the dice-9 pattern, in units of ``step``."""
+    east, north = DITHER_PATTERN[index % len(DITHER_PATTERN)]
+    return east * step, north * step
+
+
 def angular_separation_deg(ra1, dec1, ra2, dec2):
     """Great-circle separation in degrees (Vincenty form: exact at 0 and 180)."""
     ra1, dec1, ra2, dec2 = (np.radians(np.asarray(x, dtype=float)) for x in (ra1, dec1, ra2, dec2))
@@ -221,6 +242,12 @@ class Ephemeris:
     def sun_alt(self, unix):
         """Sun's geometric altitude (degrees, no refraction), scalar or array."""
         return self._interp("sun_alt", unix)
+
+    def sun_az(self, unix):
+        """Sun's azimuth (degrees east of north, 0 to 360), scalar or array: within
+        0.01 degree in twilight; the grid's interpolation is off by up to 1.5
+        degree near the nadir, where the azimuth turns fast."""
+        return self._interp("sun_az", unix) % 360.0
 
     def moon_alt(self, unix):
         """Moon's topocentric geometric altitude (degrees), scalar or array."""
@@ -303,7 +330,9 @@ class Ephemeris:
             t = Time(unix, format="unix", scale="utc")
             frame = AltAz(obstime=t, location=self.location, pressure=0 * u.hPa)
             sun = get_body("sun", t, self.location)
-            out = {"sun_alt": sun.transform_to(frame).alt.deg}
+            sun_altaz = sun.transform_to(frame)
+            # Azimuth unwrapped, like the moon's RA, for interpolation across north.
+            out = {"sun_alt": sun_altaz.alt.deg, "sun_az": np.degrees(np.unwrap(sun_altaz.az.rad))}
             if moon:
                 moon_c = get_body("moon", t, self.location)
                 out["moon_alt"] = moon_c.transform_to(frame).alt.deg

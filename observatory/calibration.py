@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["TWILIGHT_FACTOR_PER_DEG", "FlatExposure", "flat_exposure", "flat_level_ok",
            "FlatWindows", "flat_window", "sun_alt_trend", "FlatSettings", "FlatStep", "FlatSequence",
-           "CalibrationStep", "CalibrationPlan"]
+           "CalibrationStep", "CalibrationPlan", "flat_pointing"]
 
 TWILIGHT_FACTOR_PER_DEG = 2.75
 _DAY_S = 86400.0
@@ -542,3 +542,26 @@ class CalibrationPlan:
     def to_dict(self) -> dict:
         return {"steps": [{"image_type": s.image_type, "exptime": s.exptime, "count": s.count}
                           for s in self.steps], "frames": len(self)}
+
+
+def flat_pointing(sun_az_deg: float, lst_deg: float, latitude_deg: float, zenith_distance_deg: float = 13.0,
+                  dither_index: int = 0, dither_arcmin: float = 0.0) -> tuple[float, float, tuple[float, float]]:
+    """Where a twilight flat points: (RA, Dec, (east, north) dither offset in arcsec).
+
+    ``zenith_distance_deg`` from the zenith in the azimuth opposite the sun,
+    where the twilight sky is flattest (Chromey & Hasselbacher 1996, PASP 108,
+    944: the gradient is least about 13 degrees from the zenith, away from the
+    sun). Successive flats step through the dice-9 dither pattern so that stars
+    fall on different pixels and a median combination rejects them; re-pointing
+    at the same altitude and azimuth moves the stars as well, with the sky's
+    rotation."""
+    from observatory.astro import dither_offset, hadec_from_altaz
+    from observatory.solver import tan_deproject
+    ha, dec = hadec_from_altaz(90.0 - zenith_distance_deg, (sun_az_deg + 180.0) % 360.0, latitude_deg)
+    ra = (lst_deg - ha) % 360.0
+    dec = max(-85.0, min(85.0, dec))          # clear of the pole, where RA offsets mean nothing
+    east, north = dither_offset(dither_index, dither_arcmin * 60.0)
+    if east or north:
+        ras, decs = tan_deproject([east / 3600.0], [north / 3600.0], ra, dec)
+        ra, dec = float(ras[0]) % 360.0, float(decs[0])
+    return ra, dec, (east, north)

@@ -293,8 +293,10 @@ class CalibrationConfig(_Section):
     flat_max_exptime: float = Field(60.0, gt=0)
     flat_initial_exptime: float = Field(1.0, gt=0)
     flat_wait: float = Field(60.0, gt=0, description="simulated seconds to wait when the sky is out of range")
-    flat_hour_angle: float = Field(20.0, ge=0, le=60, description="flats point this far east of the meridian "
-                                                                  "in the evening, west in the morning [deg]")
+    flat_zenith_distance: float = Field(13.0, ge=0, le=45, description="flats point this far from the zenith, "
+                                                                       "away from the sun [deg]")
+    flat_dither_arcmin: float = Field(10.0, ge=0, le=120, description="offset between flats (dice-9 pattern), "
+                                                                      "0 for none [arcmin]")
 
     @model_validator(mode="after")
     def _flat_limits(self):

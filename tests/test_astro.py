@@ -1,4 +1,5 @@
 """observatory.astro against astropy/astroplan, offline."""
+import math
 import socket
 import time
 import warnings
@@ -6,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from observatory.astro import MAUNA_LOA, Ephemeris, Site, altaz, angular_separation_deg, lst_deg, night_date
+from observatory.astro import (MAUNA_LOA, Ephemeris, Site, altaz, angular_separation_deg, dither_offset,
+                               hadec_from_altaz, lst_deg, night_date)
 from observatory.clock import parse_iso
 
 import astropy.units as u
@@ -140,6 +142,40 @@ def test_sun_alt_matches_get_sun(eph):
     assert np.abs(eph.sun_alt(unix) - ref).max() < 0.05
     for u_, r in zip(unix, ref):
         assert eph.sun_alt(float(u_)) == pytest.approx(r, abs=0.05)
+
+
+def test_sun_azimuth_matches_get_sun_across_north_and_south(eph):
+    # Twilight in the evening (west) and morning (east), and noon (crossing south).
+    # Near the nadir, at midnight, the interpolated azimuth is off by about 1.4 deg.
+    unix = NIGHT + np.array([-6.5, -5.2, 5.3, 6.5, 11.9, 12.1]) * 3600.0
+    ref = _astropy_altaz(get_sun(Time(unix, format="unix")), unix)
+    got = eph.sun_az(unix)
+    assert ((got >= 0) & (got < 360)).all()
+    assert np.abs((got - ref.az.deg + 180) % 360 - 180).max() < 0.1
+    assert eph.sun_az(float(unix[0])) == pytest.approx(got[0])
+
+
+def test_hadec_from_altaz_inverts_altaz():
+    lat = MAUNA_LOA.latitude_deg
+    lst = lst_deg(NIGHT, MAUNA_LOA.longitude_deg)
+    rng = np.random.default_rng(7)
+    for alt_, az_ in zip(rng.uniform(5, 89, 40), rng.uniform(0, 360, 40)):
+        ha, dec = hadec_from_altaz(alt_, az_, lat)
+        assert -180 < ha <= 180
+        # altaz() precesses from J2000 to the date: compare where the precession is small.
+        alt2, az2 = altaz((lst - ha) % 360, dec, NIGHT, MAUNA_LOA)
+        assert alt2 == pytest.approx(alt_, abs=0.5)
+        assert abs((az2 - az_ + 180) % 360 - 180) * math.cos(math.radians(alt_)) < 0.5
+    assert hadec_from_altaz(90.0, 0.0, lat) == pytest.approx((0.0, lat), abs=1e-9)     # the zenith
+    assert hadec_from_altaz(30.0, 180.0, lat) == pytest.approx((0.0, lat - 60.0))       # south, on the meridian
+    assert hadec_from_altaz(10.0, 90.0, lat)[0] < 0                                     # east: rising
+
+
+def test_dither_offset_walks_the_dice_nine_pattern():
+    offsets = [dither_offset(i, 2.0) for i in range(10)]
+    assert offsets[0] == (0.0, 0.0) and offsets[9] == (0.0, 0.0)
+    assert len(set(offsets[:9])) == 9
+    assert all(max(abs(e), abs(n)) == 2.0 for e, n in offsets[1:9])
 
 
 def test_moon_matches_astropy_and_astroplan(eph):

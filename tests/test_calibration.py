@@ -252,3 +252,27 @@ def test_calibration_plan_trimmed_to_a_time_budget():
     assert all(s.count >= 3 for s in cut.steps)
     tiny = plan.trimmed(300.0, readout_s=5.0)
     assert tiny.duration(5.0) <= 300.0 and 120.0 not in {s.exptime for s in tiny.steps}
+
+
+def test_flats_point_near_the_zenith_away_from_the_sun_and_dither():
+    from observatory.astro import MAUNA_LOA, Ephemeris, altaz, angular_separation_deg, lst_deg
+    from observatory.calibration import flat_pointing
+    from observatory.clock import parse_iso
+    eph = Ephemeris(MAUNA_LOA)
+    for when, sun_side in (("2026-11-24T04:10:00", "west"), ("2026-11-24T16:10:00", "east")):
+        unix = parse_iso(when)
+        sun_az = float(eph.sun_az(unix))
+        assert (180 < sun_az < 360) == (sun_side == "west"), sun_az
+        lst = float(lst_deg(unix, MAUNA_LOA.longitude_deg))
+        ra, dec, offset = flat_pointing(sun_az, lst, MAUNA_LOA.latitude_deg, 13.0)
+        assert offset == (0.0, 0.0)
+        alt, az = altaz(ra, dec, unix, MAUNA_LOA)
+        # 13 deg from the zenith (altaz() adds precession to the date: 0.4 deg), opposite the sun.
+        assert float(alt) == pytest.approx(77.0, abs=0.5)
+        assert abs((float(az) - sun_az + 360) % 360 - 180) < 3.0
+        pointings = [flat_pointing(sun_az, lst, MAUNA_LOA.latitude_deg, 13.0, i, 10.0) for i in range(9)]
+        assert len({(round(p[0], 6), round(p[1], 6)) for p in pointings}) == 9
+        for p in pointings[1:]:
+            step = angular_separation_deg(ra, dec, p[0], p[1]) * 60.0
+            assert 9.9 < step < 14.2, step                     # 10' on a side, 14.1' on a diagonal
+            assert math.hypot(*p[2]) == pytest.approx(step * 60.0, rel=1e-3)

@@ -1,7 +1,8 @@
 """Twilight flats in a running unit (state `calibrating`).
 
 Evening: the unit wakes before the evening window (sun from -3 to -10 deg),
-opens, points away from the sun and takes flats whose exposure times follow
+opens, points 13 degrees from the zenith away from the sun and takes flats
+(each re-pointed and dithered) whose exposure times follow
 the darkening sky until each camera has its flats, parks, and starts science
 only once it is dark. Morning: after dawn it waits for the morning window,
 takes flats with shortening exposures, then bias and darks and the summary.
@@ -41,14 +42,20 @@ def _flats(unit):
 def _check_flats(flats, which: str):
     target = BIAS + 0.45 * (SATURATION - BIAS)
     by_camera: dict[str, list] = {}
+    pointings: dict[str, set] = {}
     for cam, path, exptime, metrics, _ in flats:
         header = fits.getheader(path)
+        # Each flat is re-pointed away from the sun and dithered (stars fall elsewhere).
+        pointings.setdefault(cam, set()).add((header["DITHRA"], header["DITHDEC"],
+                                              round(header["RA-MNT"], 3), round(header["DEC-MNT"], 3)))
         assert header["IMAGETYP"].lower().startswith("flat"), header["IMAGETYP"]
         assert -10.5 <= header["SUNALT"] <= -2.5, (path, header["SUNALT"])      # inside the window
         assert (header["SUNRATE"] < 0) == (which == "evening"), header["SUNRATE"]
         assert metrics.get("background") is not None and "flat_level_ok" in metrics, metrics
         by_camera.setdefault(cam, []).append((exptime, metrics))
     assert set(by_camera) == {"cam00", "cam01"}
+    for cam, frames in by_camera.items():
+        assert len(pointings[cam]) == len(frames), (cam, sorted(pointings[cam]))
     for cam, frames in by_camera.items():
         kept = [(t, m) for t, m in frames if m["flat_level_ok"]]
         assert len(kept) >= N_FLATS, (cam, frames)
