@@ -13,6 +13,7 @@
 Mounting a tmpfs needs root (CAP_SYS_ADMIN); elsewhere the module skips, saying so."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -37,13 +38,24 @@ def _cameras():
 
 
 def _fill(path, leave_mb: float) -> None:
-    """Grow the ballast file until only ``leave_mb`` MB are free on its filesystem."""
-    free = shutil.disk_usage(path.parent).free
-    want = max(0, free - int(leave_mb * MB)) + (path.stat().st_size if path.exists() else 0)
-    with open(path, "wb") as f:
-        f.write(b"\0" * want)      # real blocks (tmpfs has no holes to cheat with)
-        f.flush()
-        os.fsync(f.fileno())
+    """Grow the ballast file until at most ``leave_mb`` MB are free on its
+    filesystem. The unit writes meanwhile: a write that finds the disk already
+    full means the ballast has done its job."""
+    with open(path, "ab", buffering=0) as f:
+        try:
+            while True:
+                excess = shutil.disk_usage(path.parent).free - int(leave_mb * MB)
+                if excess <= 0:
+                    break
+                f.write(b"\0" * min(excess, 8 * MB))     # real blocks (tmpfs has no holes to cheat with)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+        try:
+            os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
 
 
 @pytest.fixture(scope="module")
