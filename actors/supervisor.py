@@ -177,6 +177,7 @@ class Supervisor(UnitActor):
         self.flip_at = None            # simulated time of a planned meridian flip
         self.last_decision = None
         self.retry_at = -math.inf
+        self.parked_for = ""          # the note of the last move to parking, for the move out of parked
         from observatory.supervision import StuckWatch
         self.stuck_watch = StuckWatch(STUCK_SIM_S, STUCK_WALL_S)
         self.archive_backlog: list[Message] = []
@@ -649,6 +650,8 @@ class Supervisor(UnitActor):
         if self.stopping and state not in ("parking", "parked"):
             return
         self.state, self.state_since, self.deadline = state, self.clock.now(), None
+        if state == "parking":
+            self.parked_for = note
         self._journal("state", state=state)
         if state != "tracking":
             self.flip_at = None
@@ -1609,7 +1612,8 @@ class Supervisor(UnitActor):
             elif not self._morning_flats_ahead(now):
                 self.goto("housekeeping", "night over")
         elif self.can_observe() and self.is_safe() and self._held_safe(now) and now >= self.retry_at:
-            self.goto("ready", "safe again")
+            why = self.parked_for
+            self.goto("ready", "safe again" if why.startswith("unsafe") or not why else f"after: {why}")
 
     # calibrating: twilight flats, evening and morning (observatory/calibration.py)
     def sun_limit(self) -> float:
